@@ -1,0 +1,121 @@
+"""The balancer interface: one "weights" contract for loss weighting and gradient methods alike.
+
+Every balancer maps the step's per-task information to one weight per task; the update is
+then the weighted sum (of losses, or equivalently of task gradients). Loss-weighting methods
+look at the losses (and their own history). Gradient methods (MGDA, PCGrad, CAGrad, IMTL,
+Nash-MTL, ...) look at the T x T Gramian ``G[i, j] = <g_i, g_j>`` of the task gradients,
+which is all they need (cf. torchjd's Weighting/Aggregator split). The trainer forms the
+Gramian either on all shared parameters or on the shared representation (MGDA-UB's trick),
+so the same weighting code serves both places.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mtl.registry import Registry
+
+GradientSource = Literal["representation", "parameters"]
+
+
+@dataclass
+class BalanceInput:
+    """What a balancer sees at one optimisation step.
+
+    ``tasks`` lists the tasks that have a batch this step, in the order of ``losses`` and of
+    the Gramian's rows; it is a subset of the balancer's ``task_names`` (one task with a
+    one-task-per-step sampler, all of them with ``all_tasks``).
+    """
+
+    tasks: list[str]
+    losses: Tensor  # [len(tasks)], detached per-task mean losses (float32)
+    step: int
+    max_steps: int
+    gramian: Tensor | None = None  # [len(tasks), len(tasks)] when ``needs_gramian``
+    task_metrics: dict[str, float] = field(default_factory=dict)  # running train KPIs (accuracy)
+
+
+class Balancer(nn.Module):
+    """Base class. Subclasses implement :meth:`weights`.
+
+    Contract:
+    - ``weights`` returns a float tensor of shape ``[len(inp.tasks)]``. It must be detached
+      from the model graph; it may carry autograd history through the balancer's *own*
+      ``nn.Parameter``s (uncertainty weighting learns them through the weighted loss).
+    - ``regularizer`` is added to the objective (e.g. uncertainty's log-sigma terms).
+    - Learnable parameters are ordinary ``nn.Parameter``s: the trainer gives them to the
+      optimiser (see ``optimizer_param_groups``) and saves ``state_dict()`` in checkpoints.
+      Non-parameter state belongs in buffers or in ``extra_state`` so it is checkpointed too.
+    - ``before_optimizer_step`` / ``after_optimizer_step`` are hooks for methods that need them
+      (GradNorm renormalises its weights after the step; FAMO updates its logits).
+    """
+
+    registry_name: ClassVar[str] = ""
+    #: True for gradient methods: the trainer must compute the Gramian of task gradients,
+    #: which needs one batch of every task in the same step.
+    needs_gramian: ClassVar[bool] = False
+    #: Where gradient methods take task gradients by default; configurable per run.
+    default_source: ClassVar[GradientSource] = "representation"
+
+    def __init__(self, task_names: Sequence[str], source: GradientSource | None = None) -> None:
+        super().__init__()
+        if not task_names:
+            raise ValueError("a balancer needs at least one task")
+        self.task_names = list(task_names)
+        chosen = source or self.default_source
+        if chosen not in ("representation", "parameters"):
+            raise ValueError(f"balancer source must be 'representation' or 'parameters', got {chosen!r}")
+        self.source: GradientSource = chosen
+        self.last_weights: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def index(self, tasks: Sequence[str]) -> Tensor:
+        """Positions of ``tasks`` in ``self.task_names`` (for per-task state tensors)."""
+        try:
+            return torch.tensor([self.task_names.index(t) for t in tasks], dtype=torch.long)
+        except ValueError as exc:
+            raise KeyError(f"balancer got a task it was not built for: {exc}") from None
+
+    # ------------------------------------------------------------------ contract
+    def weights(self, inp: BalanceInput) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def regularizer(self) -> Tensor | None:
+        return None
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the trainer's optimiser (empty when nothing is learnt)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": 0.0}] if params else []
+
+    def before_optimizer_step(self, inp: BalanceInput) -> None:
+        return None
+
+    def after_optimizer_step(self, inp: BalanceInput) -> None:
+        return None
+
+    def log_values(self) -> dict[str, float]:
+        """Scalars worth logging each step (the weights in force by default)."""
+        return {f"weight/{k}": v for k, v in self.last_weights.items()}
+
+    def compute(self, inp: BalanceInput) -> Tensor:
+        """Validate and record the weights for ``inp``; what the trainer calls."""
+        if self.needs_gramian and inp.gramian is None:
+            raise ValueError(f"balancer {self.registry_name!r} needs the Gramian of task gradients")
+        w = self.weights(inp)
+        if w.shape != (len(inp.tasks),):
+            raise ValueError(
+                f"balancer {self.registry_name!r} returned weights of shape {tuple(w.shape)}, "
+                f"expected ({len(inp.tasks)},)"
+            )
+        self.last_weights = {t: float(x) for t, x in zip(inp.tasks, w.detach().cpu().tolist(), strict=True)}
+        return w
+
+
+BALANCERS: Registry[Balancer] = Registry("balancer")
+register_balancer = BALANCERS.register

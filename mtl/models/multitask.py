@@ -1,0 +1,62 @@
+"""Hard parameter sharing: one pretrained encoder, one head per task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from mtl.models.heads import ClassificationHead, Pooling, init_head_, pool
+
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + per-task heads.
+
+    ``encode`` gives the shared representation (the pooled vector every head reads); the
+    trainer takes task gradients there for representation-level balancers, so it is kept a
+    separate call from ``head``.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: Mapping[str, int],
+        pooling: Pooling = "cls",
+        head: str = "linear",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.num_labels = dict(num_labels)
+        hidden = int(encoder.config.hidden_size)
+        self.heads = nn.ModuleDict(
+            {task: ClassificationHead(hidden, n, kind=head, dropout=dropout) for task, n in num_labels.items()}
+        )
+        for h in self.heads.values():
+            init_head_(h)
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.heads.keys())
+
+    def encode(self, batch: Mapping[str, Tensor]) -> Tensor:
+        inputs = {k: batch[k] for k in ENCODER_INPUTS if k in batch}
+        out = self.encoder(**inputs)
+        pooled = getattr(out, "pooler_output", None)
+        return pool(out.last_hidden_state, inputs["attention_mask"], self.pooling, pooled)
+
+    def head(self, task: str, rep: Tensor) -> Tensor:
+        return self.heads[task](rep)
+
+    def forward(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.head(task, self.encode(batch))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def head_parameters(self, task: str | None = None) -> list[nn.Parameter]:
+        heads = self.heads.values() if task is None else [self.heads[task]]
+        return [p for h in heads for p in h.parameters() if p.requires_grad]
