@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+log = logging.getLogger("mtl")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault: shown as one clear line, not a traceback (MTL_DEBUG=1 shows it)."""
+    from mtl.data.readers import BadRowError
+    from mtl.models.encoder import EncoderLoadError
+    from mtl.training.trainer import TrainingStopped
+
+    return (FileNotFoundError, BadRowError, EncoderLoadError, TrainingStopped, ValueError, KeyError, TypeError)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     from mtl.training.run import run  # imported late so `--help` and `--cfg job` stay fast
 
-    metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    try:
+        metrics = run(cfg, hydra_cfg.runtime.output_dir)
+    except user_errors() as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN or os.environ.get("MTL_DEBUG"):
+            raise  # the sweeper records the failed job; MTL_DEBUG=1 shows the traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        log.error("%s: %s", type(exc).__name__, message)
+        sys.exit(1)
     return float(metrics["avg_macro_f1"])
 
 

@@ -17,12 +17,14 @@ from mtl.balancers import BALANCERS, Balancer
 from mtl.data.batching import TaskBatchSampler, TaskStream
 from mtl.data.loading import collate, load_task, tokenize_examples
 from mtl.evaluation.metrics import majority_macro_f1
+from mtl.evaluation.plots import write_run_plots_after_fit
 from mtl.models.encoder import load_encoder
 from mtl.models.multitask import MultiTaskModel
 from mtl.registry import import_modules
 from mtl.samplers import SAMPLERS, TaskSampler
-from mtl.training.loggers import write_json
-from mtl.training.trainer import Trainer, TrainerSettings
+from mtl.training import distributed as mdist
+from mtl.training.loggers import build_logger, write_json
+from mtl.training.trainer import NullLogger, Trainer, TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ def check_compatible(balancer: Balancer, sampler: TaskSampler) -> None:
         )
 
 
+def _label_names(cfg: DictConfig, labels: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {t: [str(x) for x in (cfg.tasks[t].get("label_names") or labels[t])] for t in labels}
+
+
 def _freeze_embeddings(encoder: torch.nn.Module) -> int:
     emb = encoder.get_input_embeddings()
     for p in emb.parameters():
@@ -88,12 +94,17 @@ def _freeze_embeddings(encoder: torch.nn.Module) -> int:
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train one configuration; returns the metrics written to ``metrics.json``."""
-    run_dir = Path(run_dir)
+    # under torchrun: join the process group; every rank uses rank 0's run dir; rank 0 alone writes files
+    dist_info = mdist.init_distributed()
+    run_dir = mdist.agree_run_dir(run_dir)
+    mdist.quiet_other_ranks()
+    main = dist_info.is_main
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     import_modules(cfg.get("imports") or [])
     seed_everything(int(cfg.seed))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    if main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
 
     enc_cfg = cfg.encoder
     model_enc, tokenizer = load_encoder(enc_cfg.name_or_path, **_kwargs(enc_cfg.get("kwargs")))
@@ -114,6 +125,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         train_sets[task] = tokenize_examples(td.train, tokenizer, int(enc_cfg.max_length), data_cfg.cache_dir, fingerprint)
         dev_sets[task] = tokenize_examples(td.dev, tokenizer, int(enc_cfg.max_length), data_cfg.cache_dir, fingerprint)
         log.info("%s: %d train / %d dev examples, %d labels", task, len(td.train), len(td.dev), len(td.labels))
+    if enc_cfg.get("trim_vocab"):  # keep only the embedding rows of tokens in the data (tokenizer unchanged)
+        from mtl.models.vocab_trim import trim_for_run
+
+        trim_for_run(model_enc, tokenizer, cfg, [*train_sets.values(), *dev_sets.values()])
 
     model = MultiTaskModel(
         model_enc,
@@ -129,7 +144,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     tr = cfg.trainer
     max_steps = int(tr.max_steps)
     if tr.get("max_epochs"):
-        max_steps = int(round(float(tr.max_epochs) * sampler.steps_per_epoch(int(data_cfg.batch_size))))
+        max_steps = int(round(float(tr.max_epochs) * sampler.steps_per_epoch(int(data_cfg.batch_size) * dist_info.world_size)))
         log.info("trainer.max_epochs=%s -> %d steps", tr.max_epochs, max_steps)
     pin = torch.cuda.is_available()
     coll = collate(tokenizer)
@@ -140,6 +155,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         bs = TaskBatchSampler(
             len(ds), int(data_cfg.batch_size), seed=int(cfg.seed) * 1000 + i, lengths=lengths,
             group_by_length=bool(data_cfg.get("group_by_length")),
+            rank=dist_info.rank, world_size=dist_info.world_size,  # each rank its own shard of every task
         )
         streams[task] = TaskStream(ds, bs, coll, num_workers=int(data_cfg.num_workers), pin_memory=pin)
     dev_loaders = {
@@ -161,41 +177,62 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         save_best=bool(tr.save_best),
         max_consecutive_nonfinite=int(tr.max_consecutive_nonfinite),
         progress=bool(tr.progress),
+        grad_accum_steps=int(tr.get("grad_accum_steps", 1)),
+        compile=tr.get("compile", False),
+        tf32=bool(tr.get("tf32", True)),
+        checkpoint_every=tr.get("checkpoint_every", 500),
+        resume=None if tr.get("resume") is None else str(tr.resume),
     )
-    trainer = Trainer(
-        model, balancer, sampler, streams, dev_loaders, settings, run_dir,
-        checkpoint_meta={"labels": labels, "config": OmegaConf.to_container(cfg, resolve=True)},
-    )
-    tokenizer.save_pretrained(run_dir / "checkpoints" / "tokenizer")
-    log.info(
-        "training %s on %s for %d steps (sampler=%s, balancer=%s, device=%s, precision=%s)",
-        enc_cfg.name_or_path, ", ".join(task_names), max_steps, sampler.registry_name,
-        balancer.registry_name, trainer.device, trainer.precision,
-    )
-    out = trainer.fit()
-    best, last = out["best"], out["last"]
-    majority = {t: majority_macro_f1(best.labels.get(t) or list(dev_sets[t]["labels"]), len(labels[t])) for t in task_names}
-    table = trainer.table(best, majority)
-    log.info("best dev scores (step %d):\n%s", best.step, table)
-    print(f"\nBest dev scores (step {best.step}) — run dir: {run_dir}\n{table}\n")
-    metrics = {
-        "avg_macro_f1": best.average,
-        "best_step": best.step,
-        "tasks": {t: vars(s) for t, s in best.scores.items()},
-        "last": {"step": last.step, "avg_macro_f1": last.average, "tasks": {t: vars(s) for t, s in last.scores.items()}},
-        "majority_macro_f1": majority,
-        "steps": trainer.step,
-        "max_steps": max_steps,
-        "stopped_early": out["stopped_early"],
-        "wall_seconds": time.perf_counter() - t_start,
-        "train_seconds": out["train_seconds"],
-        "samples_per_second": out["samples_per_second"],
-        "sampler": {"name": sampler.registry_name, "proportions": sampler.proportions(), "counts": sampler.counts},
-        "balancer": {"name": balancer.registry_name, "last_weights": balancer.last_weights},
-        "nonfinite_steps_skipped": trainer.nonfinite_skipped,
-        "data": reports,
-        "history": trainer.history,
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    trainer.logger.finish(metrics)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = build_logger(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, resolved) if main else NullLogger()
+    metrics: dict[str, Any] | None = None
+    try:
+        trainer = Trainer(
+            model, balancer, sampler, streams, dev_loaders, settings, run_dir, logger=logger,
+            checkpoint_meta={"labels": labels, "config": resolved},
+        )
+        # what a checkpoint needs to be rebuilt offline: the tokenizer and the encoder's architecture
+        if main:
+            tokenizer.save_pretrained(run_dir / "checkpoints" / "tokenizer")
+            model_enc.config.save_pretrained(run_dir / "checkpoints" / "encoder_config")
+        log.info(
+            "training %s on %s for %d steps (sampler=%s, balancer=%s, device=%s, precision=%s)",
+            enc_cfg.name_or_path, ", ".join(task_names), max_steps, sampler.registry_name,
+            balancer.registry_name, trainer.device, trainer.precision,
+        )
+        out = trainer.fit()
+        best, last = out["best"], out["last"]
+        majority = {t: majority_macro_f1(best.labels.get(t) or list(dev_sets[t]["labels"]), len(labels[t])) for t in task_names}
+        table = trainer.table(best, majority)
+        log.info("best dev scores (step %d):\n%s", best.step, table)
+        if main:
+            print(f"\nBest dev scores (step {best.step}) — run dir: {run_dir}\n{table}\n")
+        metrics = {
+            "avg_macro_f1": best.average,
+            "best_step": best.step,
+            "tasks": {t: vars(s) for t, s in best.scores.items()},
+            "last": {"step": last.step, "avg_macro_f1": last.average, "tasks": {t: vars(s) for t, s in last.scores.items()}},
+            "majority_macro_f1": majority,
+            "steps": trainer.step,
+            "max_steps": max_steps,
+            "stopped_early": out["stopped_early"],
+            "wall_seconds": time.perf_counter() - t_start,
+            "train_seconds": out["train_seconds"],
+            "samples_per_second": out["samples_per_second"],
+            "sampler": {"name": sampler.registry_name, "proportions": sampler.proportions(), "counts": sampler.counts},
+            "balancer": {"name": balancer.registry_name, "last_weights": balancer.last_weights},
+            "nonfinite_steps_skipped": trainer.nonfinite_skipped,
+            "fp16_overflow_steps_skipped": trainer.overflow_skipped,
+            "resumed_from": out["resumed_from"],
+            "world_size": dist_info.world_size,
+            "data": reports,
+            "history": trainer.history,
+        }
+        if main:  # rank 0 writes; under torchrun the other ranks wait at the cleanup barrier
+            write_json(run_dir / "metrics.json", metrics)
+            # plots (and the best checkpoint's dev predictions) never fail the run: problems are logged
+            write_run_plots_after_fit(trainer, run_dir, metrics, _label_names(cfg, labels))
+    finally:
+        logger.finish(metrics)  # also on errors (metrics=None): a wandb run is closed and marked failed
+    mdist.cleanup(dist_info)
     return metrics

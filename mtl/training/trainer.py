@@ -1,11 +1,18 @@
-"""The multi-task training loop: sample tasks, balance, step, evaluate, keep the best."""
+"""The multi-task training loop: sample tasks, balance, step, evaluate, keep the best.
+
+Speed and scale (``docs/scale.md``): bf16 autocast or fp16 with a loss scaler, TF32 matmuls on
+CUDA, optional ``torch.compile`` of the encoder, gradient accumulation that gives the same
+update as the full batch (``trainer.grad_accum_steps``), torch.distributed under ``torchrun``
+(gradients averaged after the engine step; sharded, gathered evaluation; rank 0 writes), and
+complete resumable checkpoints (``trainer.checkpoint_every``, ``trainer.resume``).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -14,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 from mtl.balancers.base import Balancer
@@ -22,7 +29,9 @@ from mtl.data.batching import TaskStream
 from mtl.evaluation.metrics import TaskScores, average_macro_f1, format_table, task_scores
 from mtl.models.multitask import MultiTaskModel
 from mtl.samplers.base import TaskSampler
-from mtl.training.gradients import GradientEngine, StepGradients
+from mtl.training import checkpoint as ckpt
+from mtl.training import distributed as mdist
+from mtl.training.gradients import GradientEngine, StepGradients, batch_rows, split_batch
 from mtl.training.loggers import CSVLogger, MetricsLogger
 from mtl.training.optim import build_optimizer, build_scheduler
 
@@ -31,6 +40,10 @@ log = logging.getLogger(__name__)
 
 class TrainingStopped(RuntimeError):
     """Raised when the run cannot go on (e.g. repeated non-finite losses)."""
+
+
+class OutOfMemory(TrainingStopped):
+    """The accelerator ran out of memory; the message says which settings to lower."""
 
 
 @dataclass
@@ -50,6 +63,21 @@ class TrainerSettings:
     max_consecutive_nonfinite: int = 5
     progress: bool = True
     ema_accuracy: float = 0.9
+    grad_accum_steps: int = 1  # split each task batch into k micro-batches (same update, ~1/k activations)
+    compile: bool | str = False  # torch.compile the encoder (true, or a mode: reduce-overhead, max-autotune)
+    tf32: bool = True  # TF32 matmuls/convolutions on CUDA
+    checkpoint_every: int | None = 500  # full resumable state to checkpoints/last.pt (and at the end); 0/None: off
+    resume: str | None = None  # auto | <checkpoint file> | <run dir>
+
+
+class NullLogger:
+    """What ranks other than 0 log to."""
+
+    def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
+        return None
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        return None
 
 
 @dataclass
@@ -69,10 +97,17 @@ class EvalResult:
             out.update({f"{t}/macro_f1": s.macro_f1, f"{t}/accuracy": s.accuracy, f"{t}/loss": s.loss})
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "scores": {t: vars(s) for t, s in self.scores.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
+        return cls(int(d["step"]), {t: TaskScores(**s) for t, s in d["scores"].items()})
+
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto" or (name == "cuda" and torch.cuda.is_available()):
+        return mdist.device_for_rank(name)  # under torchrun: this process's GPU, cuda:LOCAL_RANK
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
@@ -91,8 +126,19 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def enable_tf32() -> None:
+    """TF32 for fp32 matmuls and convolutions on Ampere+ GPUs (no effect on CPU)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:  # pragma: no cover - older torch
+        matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 class Trainer:
-    """Owns the optimiser, the step loop, evaluation and the best checkpoint."""
+    """Owns the optimiser, the step loop, evaluation and the checkpoints."""
 
     def __init__(
         self,
@@ -107,40 +153,63 @@ class Trainer:
         checkpoint_meta: dict[str, Any] | None = None,
     ) -> None:
         self.settings = s = settings
+        if int(s.grad_accum_steps) < 1:
+            raise ValueError(f"trainer.grad_accum_steps must be >= 1, got {s.grad_accum_steps}")
+        self.rank, self.world_size = mdist.get_rank(), mdist.get_world_size()
+        self.is_main = self.rank == 0
         self.device = resolve_device(s.device)
         self.precision = resolve_precision(s.precision, self.device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda" and s.tf32:
+            enable_tf32()
         self.model = model.to(self.device)
         self.balancer = balancer.to(self.device)
+        mdist.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
+        mdist.broadcast_parameters(self.balancer)
+        if s.compile:
+            self._compile(s.compile)
         self.sampler = sampler
         self.streams = dict(streams)
         self.dev_loaders = dict(dev_loaders)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = logger or CSVLogger(self.run_dir)
+        if self.is_main:
+            self.logger: MetricsLogger = logger or CSVLogger(self.run_dir)
+        else:
+            self.logger = NullLogger()
         self.checkpoint_meta = checkpoint_meta or {}
-        self.optimizer = build_optimizer(model, balancer, s.lr, s.head_lr, s.weight_decay)
+        # fused AdamW on CUDA (one kernel for all parameters); torch's default elsewhere
+        self.optimizer = build_optimizer(
+            model, balancer, s.lr, s.head_lr, s.weight_decay, fused=True if self.device.type == "cuda" else None
+        )
         self.scheduler = build_scheduler(self.optimizer, s.max_steps, s.warmup)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        fp16 = self.precision == "fp16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.engine = GradientEngine(
             model,
             balancer,
             autocast=self._autocast,
-            loss_scale=self.scaler.scale if self.precision == "fp16" else None,
-            scale_value=(lambda: float(self.scaler.get_scale())) if self.precision == "fp16" else None,
+            loss_scale=self.scaler.scale if fp16 else None,
+            scale_value=(lambda: float(self.scaler.get_scale())) if fp16 else None,
+            accum_steps=int(s.grad_accum_steps),
         )
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._shared_ids = {id(p) for p in self.model.shared_parameters()}
         self.step = 0
         self.best_metric = -math.inf
         self.best_step = -1
         self.evals_without_improvement = 0
         self.task_accuracy: dict[str, float] = {}
         self.nonfinite_skipped = 0
+        self.overflow_skipped = 0  # fp16: steps the loss scaler skipped while lowering its scale
         self._consecutive_nonfinite = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
+        self.last_eval: EvalResult | None = None
+        self.best_eval: EvalResult | None = None
+        self.stopped_early = False
+        self.finished = False
+        self.resumed_from: Path | None = None
         self._last_grad_norm: float | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -153,36 +222,105 @@ class Trainer:
     def _to_device(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _compile(self, how: bool | str) -> None:
+        kwargs: dict[str, Any] = {}
+        if isinstance(how, str) and how.lower() not in ("true", "default", "1", "yes"):
+            kwargs["mode"] = how
+        # in place (nn.Module.compile): parameter names and state_dict keys stay the same
+        self.model.encoder.compile(**kwargs)
+        log.info("torch.compile on the encoder%s", f" (mode={kwargs['mode']})" if kwargs else "")
+
+    def _next_batches(self, tasks: list[str]) -> dict[str, list[dict[str, Tensor]]]:
+        k = int(self.settings.grad_accum_steps)
+        with ckpt.preserve_torch_rng():
+            cpu = {t: self.streams[t].next() for t in tasks}
+        return {t: [self._to_device(mb) for mb in split_batch(b, k)] for t, b in cpu.items()}
+
+    def _oom_message(self, where: str, batches: Mapping[str, list[Mapping[str, Tensor]]] | None = None) -> str:
+        k = int(self.settings.grad_accum_steps)
+        shape = ""
+        if batches:
+            parts = []
+            for t, mbs in batches.items():
+                rows = sum(batch_rows(mb) for mb in mbs)
+                tokens = max(int(mb["input_ids"].shape[1]) for mb in mbs) if "input_ids" in mbs[0] else 0
+                parts.append(f"{t}: {rows} rows x {tokens} tokens")
+            shape = f" ({'; '.join(parts)})"
+        if where == "evaluation":
+            hint = "Try a smaller data.eval_batch_size or a shorter encoder.max_length."
+        else:
+            hint = (
+                f"Try a smaller data.batch_size, or trainer.grad_accum_steps={2 * k} (now {k}: the same update "
+                f"from micro-batches of 1/{2 * k} of each task batch, less activation memory), a shorter "
+                "encoder.max_length, trainer.precision=bf16, or encoder.freeze_embeddings=true."
+            )
+        return (
+            f"out of memory on {self.device} during {where} at step {self.step}{shape}, "
+            f"precision {self.precision}. {hint}"
+        )
+
     # ------------------------------------------------------------------ one step
     def train_step(self) -> StepGradients | None:
         s = self.settings
         tasks = self.sampler.draw(self.step, s.max_steps)
-        batches = {t: self._to_device(self.streams[t].next()) for t in tasks}
+        batches = self._next_batches(tasks)
         self.model.train()
+        try:
+            return self._train_step(batches)
+        except torch.OutOfMemoryError as exc:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise OutOfMemory(self._oom_message("training", batches)) from exc
+
+    def _train_step(self, batches: Mapping[str, list[dict[str, Tensor]]]) -> StepGradients | None:
+        s = self.settings
+        fp16 = self.precision == "fp16"
         result = self.engine.step(batches, self.step, s.max_steps, self.task_accuracy)
+        if self.world_size > 1:
+            # average every gradient over ranks (parameters mode already averaged the shared ones)
+            skip = self._shared_ids if result.shared_grads_reduced else set()
+            mdist.all_reduce_gradients(p for p in self._params if id(p) not in skip)
         bad = [t for t, x in zip(result.tasks, result.losses.tolist(), strict=True) if not math.isfinite(x)]
         grad_norm = None
+        overflow = False
+        unscaled = False
         if not bad:
-            if self.precision == "fp16":
+            scale_before = float(self.scaler.get_scale()) if fp16 else 1.0
+            if fp16:
                 self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                unscaled = True
             if s.grad_clip:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
-            if grad_norm is not None and not math.isfinite(grad_norm) and self.precision != "fp16":
-                bad = ["(gradient)"]
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, s.grad_clip))
+            else:
+                grads = [p.grad for p in self._params if p.grad is not None]
+                grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            if not math.isfinite(grad_norm):
+                # fp16: an overflow while the scale is > 1 is the scaler's normal search for its scale
+                if fp16 and scale_before > 1.0:
+                    overflow = True
+                else:
+                    bad = ["(gradient)"]
+        if overflow:
+            self.scaler.update()  # found inf: lowers the scale; the optimiser step is skipped
+            self.optimizer.zero_grad(set_to_none=True)
+            self.overflow_skipped += 1
+            log.debug("step %d: fp16 gradient overflow, loss scale now %g", self.step, self.scaler.get_scale())
+            self._skip_step()
+            return None
         if bad:
+            if unscaled:
+                self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_skipped += 1
             self._consecutive_nonfinite += 1
-            log.warning("step %d: non-finite loss for %s; step skipped", self.step, ", ".join(bad))
+            what = "the gradient (finite losses)" if bad == ["(gradient)"] else f"task {', '.join(bad)}"
+            log.warning("step %d: non-finite loss or gradient (%s); step skipped", self.step, what)
             if self._consecutive_nonfinite >= s.max_consecutive_nonfinite:
                 raise TrainingStopped(
                     f"{self._consecutive_nonfinite} consecutive steps with a non-finite loss or gradient "
-                    f"(last: task {', '.join(bad)} at step {self.step}); try a lower optim.lr, "
+                    f"(last: {what} at step {self.step}); try a lower optim.lr, "
                     "trainer.precision=fp32, or check the data of that task"
                 )
-            self.step += 1
-            self.scheduler.step()
+            self._skip_step()
             return None
         self._consecutive_nonfinite = 0
         inp = result.balance_input
@@ -201,13 +339,49 @@ class Trainer:
         self.step += 1
         return result
 
+    def _skip_step(self) -> None:
+        """A skipped step still uses up its data and its place in the schedule."""
+        self.step += 1
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.scheduler.step()
+
     # ------------------------------------------------------------------ evaluation
+    def _shard(self, loader: DataLoader) -> tuple[DataLoader, int | None]:
+        """This rank's strided share of a sequential loader (rank r: rows r, r+W, ...); no padding."""
+        if self.world_size <= 1 or not isinstance(loader.sampler, SequentialSampler) or loader.batch_size is None:
+            return loader, None
+        n = len(loader.dataset)  # type: ignore[arg-type]
+        subset = Subset(loader.dataset, list(range(self.rank, n, self.world_size)))
+        shard = DataLoader(
+            subset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+        )
+        return shard, n
+
     @torch.no_grad()
-    def evaluate(self, loaders: Mapping[str, DataLoader] | None = None, keep_predictions: bool = False) -> EvalResult:
+    def evaluate(
+        self, loaders: Mapping[str, DataLoader] | None = None, keep_predictions: bool = False, sharded: bool = False
+    ) -> EvalResult:
+        """Dev scores (predictions and labels in the datasets' order with ``keep_predictions``).
+
+        ``sharded=True`` (what :meth:`fit` uses) is a collective under torch.distributed: every rank
+        scores its strided share of each loader's dataset and the shards are gathered, so all ranks
+        get the exact full-dev metrics. The default evaluates everything in this process (safe to call
+        on one rank alone, e.g. rank 0 after training).
+        """
         loaders = self.dev_loaders if loaders is None else loaders
+        try:
+            with ckpt.preserve_torch_rng():
+                return self._evaluate(loaders, keep_predictions, sharded)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemory(self._oom_message("evaluation")) from exc
+
+    def _evaluate(self, loaders: Mapping[str, DataLoader], keep_predictions: bool, sharded: bool) -> EvalResult:
         self.model.eval()
         scores, preds_all, labels_all = {}, {}, {}
-        for task, loader in loaders.items():
+        for task, full_loader in loaders.items():
+            loader, n_total = self._shard(full_loader) if sharded else (full_loader, None)
             preds: list[int] = []
             labels: list[int] = []
             loss_sum, n = 0.0, 0
@@ -220,6 +394,15 @@ class Trainer:
                 n += int(y.numel())
                 preds.extend(logits.argmax(-1).tolist())
                 labels.extend(y.tolist())
+            if n_total is not None:  # gather the shards back into the dataset's order
+                parts = mdist.all_gather_object((preds, labels, loss_sum, n))
+                preds, labels = [0] * n_total, [0] * n_total
+                loss_sum, n = 0.0, 0
+                for r, (p, lab, ls, k) in enumerate(parts):
+                    preds[r :: self.world_size] = p
+                    labels[r :: self.world_size] = lab
+                    loss_sum += ls
+                    n += k
             scores[task] = task_scores(labels, preds, self.model.num_labels[task], loss_sum / max(n, 1))
             if keep_predictions:
                 preds_all[task], labels_all[task] = preds, labels
@@ -227,68 +410,223 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, path: Path, metric: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(
+        if not self.is_main:
+            return
+        ckpt.atomic_save(
             {"model": self.model.state_dict(), "step": self.step, "avg_macro_f1": metric, **self.checkpoint_meta},
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
+
+    def _logger_state(self) -> Any:
+        lg = self.logger
+        if hasattr(lg, "state_dict"):
+            return lg.state_dict()  # type: ignore[attr-defined]
+        if isinstance(getattr(lg, "rows", None), dict):
+            return {"rows": lg.rows}  # type: ignore[attr-defined]
+        return None
+
+    def _load_logger_state(self, state: Any) -> None:
+        if state is None or not self.is_main:
+            return
+        lg = self.logger
+        if hasattr(lg, "load_state_dict"):
+            lg.load_state_dict(state)  # type: ignore[attr-defined]
+        elif isinstance(getattr(lg, "rows", None), dict) and "rows" in state:
+            lg.rows = {k: list(v) for k, v in state["rows"].items()}  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly (RNG states of every rank included)."""
+        rng = mdist.all_gather_object(ckpt.capture_rng())
+        return {
+            "format": ckpt.FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "streams": {t: s.state_dict() for t, s in self.streams.items()},
+            "rng": rng,
+            "world_size": self.world_size,
+            "logger": self._logger_state(),
+            "trainer": {
+                "step": self.step,
+                "best_metric": self.best_metric,
+                "best_step": self.best_step,
+                "evals_without_improvement": self.evals_without_improvement,
+                "task_accuracy": dict(self.task_accuracy),
+                "nonfinite_skipped": self.nonfinite_skipped,
+                "overflow_skipped": self.overflow_skipped,
+                "consecutive_nonfinite": self._consecutive_nonfinite,
+                "samples_seen": self.samples_seen,
+                "train_seconds": self.train_seconds,
+                "history": list(self.history),
+                "last_eval": self.last_eval.to_dict() if self.last_eval else None,
+                "best_eval": self.best_eval.to_dict() if self.best_eval else None,
+                "stopped_early": self.stopped_early,
+                "finished": self.finished,
+                "last_grad_norm": self._last_grad_norm,
+            },
+            # what a plain model checkpoint has too, so last.pt also serves for prediction
+            "step": self.step,
+            "avg_macro_f1": self.best_metric,
+            **self.checkpoint_meta,
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the full state atomically (rank 0); every rank must call it (RNG states are gathered)."""
+        path = Path(path) if path is not None else self.run_dir / "checkpoints" / ckpt.LAST
+        state = self.state_dict()
+        if self.is_main:
+            ckpt.atomic_save(state, path)
+            log.info("step %d: checkpoint %s", self.step, path)
+        return path
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") != ckpt.FORMAT:
+            raise ValueError(
+                "not a resumable trainer checkpoint (best.pt holds only the model; resume from checkpoints/last.pt)"
+            )
+        old_cfg, new_cfg = state.get("config"), self.checkpoint_meta.get("config")
+        if isinstance(old_cfg, dict) and isinstance(new_cfg, dict):
+            diff = ckpt.config_differences(old_cfg, new_cfg)
+            if diff:
+                log.warning("resuming with a different configuration for: %s", ", ".join(diff[:20]))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.balancer.load_state_dict(state["balancer"])
+        self.sampler.load_state_dict(state["sampler"])
+        missing = set(self.streams) - set(state["streams"])
+        if missing:
+            raise ValueError(f"the checkpoint has no data position for tasks {sorted(missing)}")
+        for t, stream in self.streams.items():
+            stream.load_state_dict(state["streams"][t])
+        tr = state["trainer"]
+        self.step = int(tr["step"])
+        self.best_metric = float(tr["best_metric"])
+        self.best_step = int(tr["best_step"])
+        self.evals_without_improvement = int(tr["evals_without_improvement"])
+        self.task_accuracy = dict(tr["task_accuracy"])
+        self.nonfinite_skipped = int(tr["nonfinite_skipped"])
+        self.overflow_skipped = int(tr.get("overflow_skipped", 0))
+        self._consecutive_nonfinite = int(tr["consecutive_nonfinite"])
+        self.samples_seen = int(tr["samples_seen"])
+        self.train_seconds = float(tr["train_seconds"])
+        self.history = list(tr["history"])
+        self.last_eval = EvalResult.from_dict(tr["last_eval"]) if tr.get("last_eval") else None
+        self.best_eval = EvalResult.from_dict(tr["best_eval"]) if tr.get("best_eval") else None
+        self.stopped_early = bool(tr["stopped_early"])
+        self.finished = bool(tr["finished"])
+        self._last_grad_norm = tr.get("last_grad_norm")
+        self._load_logger_state(state.get("logger"))
+        rng = state["rng"]
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            log.warning(
+                "checkpoint written by %d process(es), resuming with %d: the data shards and dropout "
+                "streams differ from an uninterrupted run", saved_world, self.world_size,
+            )
+        ckpt.restore_rng(rng[self.rank] if self.rank < len(rng) else rng[0])
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.load_state_dict(ckpt.load(path))
+        self.resumed_from = Path(path)
+        log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         s = self.settings
+        resume_path = ckpt.resolve_resume(s.resume, self.run_dir)
+        if resume_path is not None:
+            self.load_checkpoint(resume_path)
         best_path = self.run_dir / "checkpoints" / "best.pt"
-        bar = tqdm(total=s.max_steps, initial=self.step, desc="train", disable=not s.progress, dynamic_ncols=True)
-        last_eval: EvalResult | None = None
-        best_eval: EvalResult | None = None
-        stopped_early = False
+        every = int(s.checkpoint_every or 0)
+        bar = tqdm(
+            total=s.max_steps, initial=min(self.step, s.max_steps), desc="train",
+            disable=not (s.progress and self.is_main), dynamic_ncols=True,
+        )
         t_start = time.perf_counter()
-        while self.step < s.max_steps:
+        while self.step < s.max_steps and not self.stopped_early:
             t0 = time.perf_counter()
             result = self.train_step()
             self.train_seconds += time.perf_counter() - t0
             bar.update(1)
             if result is not None and (self.step % s.log_every == 0 or self.step == 1):
-                values = {f"loss/{t}": float(x) for t, x in zip(result.tasks, result.losses.tolist(), strict=True)}
-                values.update(self.balancer.log_values())
-                values.update(result.cosines())
-                values.update({f"proportion/{t}": p for t, p in self.sampler.proportions().items()})
-                values["lr"] = self.scheduler.get_last_lr()[0]
-                if self._last_grad_norm is not None:
-                    values["grad_norm"] = self._last_grad_norm
-                values["samples_per_s"] = self.samples_seen / max(self.train_seconds, 1e-9)
-                self.logger.log(self.step, values, "train")
+                self._log_train(result)
                 bar.set_postfix(loss=f"{float(result.losses.mean()):.3f}")
             if self.step % s.eval_every == 0 or self.step == s.max_steps:
-                last_eval = self.evaluate()
-                avg = last_eval.average
-                self.logger.log(self.step, last_eval.flat(), "eval")
-                self.history.append({"step": self.step, **last_eval.flat()})
-                improved = avg > self.best_metric
-                if improved:
-                    self.best_metric, self.best_step, best_eval = avg, self.step, last_eval
-                    self.evals_without_improvement = 0
-                    if s.save_best:
-                        self.save_model(best_path, avg)
-                else:
-                    self.evals_without_improvement += 1
-                log.info("step %d: dev average macro-F1 %.4f%s", self.step, avg, " (best)" if improved else "")
-                if s.early_stopping_patience and self.evals_without_improvement >= s.early_stopping_patience:
-                    log.info("early stopping: no improvement in %d evaluations", self.evals_without_improvement)
-                    stopped_early = True
-                    break
+                self._evaluate_and_track(best_path)
+            if every and self.step % every == 0 and self.step < s.max_steps and not self.stopped_early:
+                self.save_checkpoint()
         bar.close()
+        if self.last_eval is None:  # max_steps reached before any step of this process (e.g. max_steps=0)
+            self._evaluate_and_track(best_path)
+        if not self.finished:
+            self.finished = True
+            if every:
+                self.save_checkpoint()
         wall = time.perf_counter() - t_start
-        assert last_eval is not None and best_eval is not None
+        assert self.last_eval is not None and self.best_eval is not None
         return {
-            "best": best_eval,
-            "last": last_eval,
-            "stopped_early": stopped_early,
+            "best": self.best_eval,
+            "last": self.last_eval,
+            "stopped_early": self.stopped_early,
             "wall_seconds": wall,
             "train_seconds": self.train_seconds,
             "samples_per_second": self.samples_seen / max(self.train_seconds, 1e-9),
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "overflow_steps_skipped": self.overflow_skipped,
         }
+
+    def _log_train(self, result: StepGradients) -> None:
+        values = {f"loss/{t}": float(x) for t, x in zip(result.tasks, result.losses.tolist(), strict=True)}
+        values.update(self.balancer.log_values())
+        values.update(result.cosines())
+        values.update({f"proportion/{t}": p for t, p in self.sampler.proportions().items()})
+        values["lr"] = self.scheduler.get_last_lr()[0]
+        if self._last_grad_norm is not None:
+            values["grad_norm"] = self._last_grad_norm
+        if self.precision == "fp16":
+            values["loss_scale"] = float(self.scaler.get_scale())
+        values["samples_per_s"] = self.samples_seen / max(self.train_seconds, 1e-9)
+        self.logger.log(self.step, values, "train")
+
+    def _evaluate_and_track(self, best_path: Path) -> None:
+        s = self.settings
+        ev = self.evaluate(sharded=True)
+        self.last_eval = ev
+        avg = ev.average
+        self.logger.log(self.step, ev.flat(), "eval")
+        self.history.append({"step": self.step, **ev.flat()})
+        improved = avg > self.best_metric
+        if improved:
+            self.best_metric, self.best_step, self.best_eval = avg, self.step, ev
+            self.evals_without_improvement = 0
+            if s.save_best:
+                self.save_model(best_path, avg)
+        else:
+            self.evals_without_improvement += 1
+        log.info("step %d: dev average macro-F1 %.4f%s", self.step, avg, " (best)" if improved else "")
+        if self.best_eval is None:  # a NaN average never "improves": keep the first evaluation as the best
+            self.best_eval, self.best_step = ev, self.step
+        if s.early_stopping_patience and self.evals_without_improvement >= s.early_stopping_patience:
+            log.info("early stopping: no improvement in %d evaluations", self.evals_without_improvement)
+            self.stopped_early = True
 
     def table(self, result: EvalResult, baselines: Mapping[str, float] | None = None) -> str:
         return format_table(result.scores, baselines)
+
+
+__all__ = [
+    "EvalResult",
+    "NullLogger",
+    "OutOfMemory",
+    "Trainer",
+    "TrainerSettings",
+    "TrainingStopped",
+    "resolve_device",
+    "resolve_precision",
+]

@@ -1,0 +1,94 @@
+"""``mtl-predict``: the Tianchi submission (or labelled scores) from a trained run.
+
+    mtl-predict outputs/2026-11-21/15-29-19_quickstart --split a       # -> .../submission/a/result.zip
+    mtl-predict outputs/.../checkpoints/best.pt --split b --out sub_b --data-root /data/raw
+    mtl-predict <run> --split dev                                      # re-create the dev split, score it
+    mtl-predict <run> --labelled ocnli=my_ocnli.tsv --labelled tnews=my_tnews.tsv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mtl.evaluation.metrics import TaskScores, format_table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="mtl-predict",
+        description="Load a run's best checkpoint and predict the unlabelled Tianchi test A/B files of all its "
+        "tasks into the submission zip (result.zip with ocnli_predict.json, ocemotion_predict.json, "
+        "tnews_predict.json), or score it on labelled data.",
+    )
+    p.add_argument("checkpoint", help="a run directory, its checkpoints/ folder or a .pt checkpoint file")
+    p.add_argument("--split", choices=["a", "b", "dev"], default=None,
+                   help="a / b: the unlabelled test set for the submission; dev: re-create and score the dev split")
+    p.add_argument("--labelled", action="append", default=[], metavar="TASK=FILE",
+                   help="score a labelled file in the task's training format (repeatable)")
+    p.add_argument("--data-root", default=None,
+                   help="folder the task files are relative to (default: MTL_DATA_DIR, else the run's data.root)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: <run>/submission/<split>, <run>/predictions/<dev|labelled>)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
+    args = p.parse_args(argv)
+    if not args.split and not args.labelled:
+        p.error("give --split a|b|dev or at least one --labelled TASK=FILE")
+    if args.split in ("a", "b") and args.labelled:
+        p.error("--split a/b writes a submission; score --labelled files in a separate call")
+    return args
+
+
+def _print_scores(result: dict) -> None:
+    scores = {t: TaskScores(**s) for t, s in result["tasks"].items()}
+    print(format_table(scores))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    from mtl.evaluation.predict import load_checkpoint, score_dev, score_labelled, write_submission
+
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=args.device)
+        print(f"checkpoint {ckpt.path} (step {ckpt.step}, dev avg macro-F1 {ckpt.avg_macro_f1:.4f}); "
+              f"tasks: {', '.join(ckpt.tasks)}")
+        if args.split in ("a", "b"):
+            out = Path(args.out) if args.out else ckpt.run_dir / "submission" / args.split
+            sub = write_submission(ckpt, args.split, out, args.data_root, args.batch_size)
+            print(sub.summary())
+            print(f"valid submission: {sub.zip_path}")
+            return 0
+        if args.split == "dev":
+            result = score_dev(ckpt, args.data_root, args.batch_size)
+            name = "dev"
+        else:
+            files = {}
+            for item in args.labelled:
+                task, sep, path = item.partition("=")
+                if not sep or not task or not path:
+                    raise ValueError(f"--labelled expects TASK=FILE, got {item!r}")
+                files[task.strip()] = path.strip()
+            result = score_labelled(ckpt, files, args.batch_size)
+            name = "labelled"
+        out = Path(args.out) if args.out else ckpt.run_dir / "predictions" / name
+        out.mkdir(parents=True, exist_ok=True)
+        for task, rows in result["predictions"].items():
+            with (out / f"{task}_predictions.jsonl").open("w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        scores = {k: v for k, v in result.items() if k != "predictions"}
+        (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
+        _print_scores(result)
+        print(f"predictions and scores.json in {out}")
+        return 0
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"mtl-predict: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

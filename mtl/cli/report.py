@@ -1,0 +1,51 @@
+"""``mtl-report``: compare finished runs (group by configuration, mean ± std over seeds, table + plot).
+
+    mtl-report outputs/multirun/2026-11-21/16-00-00_sweep_balancers
+    mtl-report outputs/ --out reports/all --ignore 'optim.*'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtl.evaluation.report import IGNORED_KEYS, NoRunsFoundError, to_markdown, write_report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="mtl-report",
+        description="Find run directories (config.yaml + metrics.json) under the given paths, group them by "
+        "configuration (all resolved config keys except seed, name, paths and logging), aggregate dev "
+        "macro-F1 over seeds and write report.md, report.json and report.png.",
+    )
+    p.add_argument("paths", nargs="+", help="run directories, multirun sweep folders or any folder above them")
+    p.add_argument("--out", default=None, help="where to write the report (default: the first path)")
+    p.add_argument(
+        "--ignore", action="append", default=[], metavar="KEY",
+        help="another config key (dotted, fnmatch pattern) to leave out of the grouping, e.g. 'optim.*'; "
+        f"always ignored: {', '.join(IGNORED_KEYS)}",
+    )
+    p.add_argument("--sort-by", default="avg_macro_f1", help="avg_macro_f1 (default) or a task name")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = write_report(args.paths, args.out, (*IGNORED_KEYS, *args.ignore), args.sort_by)
+    except NoRunsFoundError as exc:
+        print(f"mtl-report: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"mtl-report: unknown --sort-by {args.sort_by!r} ({exc})", file=sys.stderr)
+        return 2
+    print(to_markdown(report, report["files"].get("plot")))
+    print("written: " + ", ".join(report["files"].values()))
+    if "plot_error" in report:
+        print(f"warning: the plot failed: {report['plot_error']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

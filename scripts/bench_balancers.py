@@ -1,0 +1,503 @@
+#!/usr/bin/env python
+"""Cost of the gradient balancers: one full training step relative to an ``equal`` step.
+
+What is timed is ``Trainer.train_step`` (sampler draw, gradient engine, gradient clipping,
+optimiser and scheduler step) of one ``Trainer`` per method (its own balancer and optimiser), all
+on the same model, the same ``all_tasks`` sampler and the same batches, in one process. The
+interleaving is per step, because the load of a shared machine drifts within minutes: after
+``--warmup`` untimed steps of every method, each *sweep* runs one step of every method (order
+rotated from sweep to sweep) on the same batches and dropout seed, with an ``equal`` step first,
+last and after every ``--equal-every`` methods. Each step's ratio is its time over ``equal``'s
+time interpolated between the nearest ``equal`` steps before and after it; a method's figure is
+the median of its ratios (with the inter-quartile range). ``equal#2``, a second ``equal``
+trainer timed like the methods, shows the noise floor. (The shared model drifts as every method
+steps it; that changes no cost.) Every method keeps its optimiser state: about 8 bytes per
+trainable parameter each (170 MB for e5-small with frozen embeddings, 0.94 GB unfrozen).
+
+Targets: representation-level methods (one backward through the encoder, MGDA-UB style) at most
+1.15x equal; parameter-level methods (per-task gradients on all shared parameters) at most
+(T + 0.5)x equal, T the number of tasks.
+
+Per method the JSON also splits the median step into the gradient engine (forward, backward(s),
+Gramian, balancer), the balancer's ``compute`` alone (the Gramian -> weights solver) and the rest
+(clip + optimiser + scheduler).
+
+Usage::
+
+    MTL_DATA_DIR=../shared/data/raw python scripts/bench_balancers.py            # e5_small, 12 layers
+    python scripts/bench_balancers.py --unfreeze-embeddings --out outputs/bench/balancers_unfrozen.json
+    python scripts/bench_balancers.py --representation mgda_ub,pcgrad --parameters mgda --steps 5
+
+Data: the real task files when found (``--data-root``, else ``MTL_DATA_DIR``, ``data/`` or
+``../shared/data/raw``), otherwise synthetic fixture files written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+DEFAULT_OUT = REPO / "outputs" / "bench" / "balancers.json"
+
+REPRESENTATION = [
+    "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl", "aligned_mtl",
+    "grad_norm_normalized", "gradnorm", "primary_auxiliary", "torchjd",
+]  # fmt: skip
+PARAMETERS = ["mgda", "pcgrad", "cagrad", "nash_mtl"]
+#: Balancer-specific overrides (as in scripts/compare_balancers.py).
+BALANCER_OVERRIDES: dict[str, list[str]] = {
+    "primary_auxiliary": ["balancer.primary=ocnli"],
+    "torchjd": ["balancer.aggregator=UPGrad"],
+}
+REPRESENTATION_TARGET = 1.15
+CHECK_FILE = Path("tianchi") / "OCNLI_train1128.csv"
+
+log = logging.getLogger("bench_balancers")
+
+
+# ----------------------------------------------------------------------------------------- setup
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose("train", overrides=overrides)
+
+
+def find_data_root(explicit: str | None) -> Path | None:
+    """The real data folder, or ``None`` when the task files are nowhere to be found."""
+    cands = [explicit] if explicit else [os.environ.get("MTL_DATA_DIR"), str(REPO / "data"),
+                                         str(REPO.parent / "shared" / "data" / "raw")]
+    for c in cands:
+        if c and (Path(c) / CHECK_FILE).exists():
+            return Path(c).resolve()
+    if explicit:
+        raise SystemExit(f"--data-root {explicit}: no {CHECK_FILE} there")
+    return None
+
+
+class ReplayStream:
+    """Hands out a fixed list of collated batches in order (cycling), like ``TaskStream.next``."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self.batches, self.i = batches, 0
+
+    def next(self) -> dict[str, Any]:
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+
+class NullLogger:
+    def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
+        return None
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        return None
+
+
+class Method:
+    def __init__(self, label: str, balancer: str, source: str | None) -> None:
+        self.label, self.balancer, self.source = label, balancer, source
+
+    @property
+    def overrides(self) -> list[str]:
+        out = [f"balancer={self.balancer}", *BALANCER_OVERRIDES.get(self.balancer, [])]
+        return out + ([f"balancer.source={self.source}"] if self.source else [])
+
+
+def methods_from(args: argparse.Namespace) -> list[Method]:
+    out = [Method("equal", "equal", None)]
+    if not args.no_control:
+        out.append(Method("equal#2", "equal", None))
+    for src, names in (("representation", args.representation), ("parameters", args.parameters)):
+        for n in (x.strip() for x in names.split(",")):
+            if n:
+                out.append(Method(f"{n}@{src}", n, src))
+    return out
+
+
+def base_overrides(args: argparse.Namespace, data_root: Path) -> list[str]:
+    out = [
+        f"encoder={args.encoder}",
+        "sampler=all_tasks",
+        f"seed={args.seed}",
+        f"data.root={data_root}",
+        f"data.batch_size={args.batch_size}",
+        f"data.max_train_per_task={args.batch_size * (args.warmup + args.steps)}",
+        "data.max_dev_per_task=8",
+        f"encoder.max_length={args.max_length}",
+        f"encoder.freeze_embeddings={str(not args.unfreeze_embeddings).lower()}",
+        "trainer.progress=false",
+        "trainer.device=cpu" if args.device == "cpu" else f"trainer.device={args.device}",
+    ]
+    if args.layers:
+        key = "num_layers" if args.encoder == "tiny_random" else "num_hidden_layers"
+        out.append(f"++encoder.kwargs.{key}={args.layers}")
+    return out + list(args.extra or [])
+
+
+def build_model(cfg) -> tuple[Any, Any, dict[str, list[dict[str, Any]]]]:
+    """Encoder + heads and the tokenised training rows of every task (as ``run()`` builds them)."""
+    from omegaconf import OmegaConf
+
+    from mtl.data.loading import load_task, tokenize_examples
+    from mtl.models.encoder import load_encoder
+    from mtl.models.multitask import MultiTaskModel
+
+    enc_cfg = cfg.encoder
+    kwargs = OmegaConf.to_container(enc_cfg.kwargs, resolve=True) if enc_cfg.get("kwargs") else {}
+    encoder, tokenizer = load_encoder(enc_cfg.name_or_path, **kwargs)
+    if enc_cfg.get("freeze_embeddings"):
+        for p in encoder.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    rows, labels = {}, {}
+    for task in cfg.tasks:
+        td = load_task(task, cfg.tasks[task], cfg.data, seed=int(cfg.seed))
+        labels[task] = len(td.labels)
+        ds = tokenize_examples(td.train, tokenizer, int(enc_cfg.max_length), cfg.data.cache_dir,
+                               [f"normalize={cfg.data.normalize}"])
+        rows[task] = [ds[i] for i in range(len(ds))]
+    model = MultiTaskModel(encoder, labels, pooling=enc_cfg.pooling, head=cfg.model.head,
+                           dropout=float(cfg.model.dropout))
+    return model, tokenizer, rows
+
+
+def make_batches(rows: dict[str, list[dict[str, Any]]], tokenizer, n: int, batch_size: int, seed: int):
+    """``n`` collated batches per task, drawn once (seeded), replayed identically for every method."""
+    import numpy as np
+
+    from mtl.data.loading import collate
+
+    coll = collate(tokenizer)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for task, task_rows in rows.items():
+        order = rng.permutation(len(task_rows)).tolist()
+        while len(order) < n * batch_size:
+            order += rng.permutation(len(task_rows)).tolist()
+        out[task] = [coll([task_rows[i] for i in order[k * batch_size:(k + 1) * batch_size]]) for k in range(n)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------- timing
+
+
+class Timed:
+    """One method's ``Trainer`` with per-step timings of the step, the engine and the solver."""
+
+    def __init__(self, method: Method, trainer: Any) -> None:
+        self.method, self.trainer = method, trainer
+        self.engine: list[float] = []
+        self.solver: list[float] = []
+        self._wrap(trainer.engine, "step", self.engine)
+        self._wrap(trainer.balancer, "compute", self.solver)
+        import torch
+
+        self.sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+
+    @staticmethod
+    def _wrap(obj: Any, name: str, bucket: list[float]) -> None:
+        """Replace ``obj.name`` by a wrapper adding each call's duration to ``bucket[-1]``."""
+        inner: Callable[..., Any] = getattr(obj, name)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                bucket[-1] += time.perf_counter() - t0
+
+        object.__setattr__(obj, name, timed)
+
+    def step(self, batch_index: int, seed: int) -> dict[str, float]:
+        """One ``train_step`` on batch ``batch_index`` of every task, dropout seeded by that index."""
+        import torch
+
+        for stream in self.trainer.streams.values():
+            stream.i = batch_index
+        torch.manual_seed(seed + batch_index)
+        self.engine.append(0.0)
+        self.solver.append(0.0)
+        self.sync()
+        t0 = time.perf_counter()
+        result = self.trainer.train_step()
+        self.sync()
+        t1 = time.perf_counter()
+        if result is None:
+            raise RuntimeError(f"{self.method.label}: a step was skipped (non-finite loss or gradient)")
+        return {"step": t1 - t0, "engine": self.engine[-1], "solver": self.solver[-1], "mid": 0.5 * (t0 + t1)}
+
+
+def make_trainer(method: Method, cfg, ctx: dict[str, Any], args: argparse.Namespace) -> Timed:
+    from mtl.training.run import build_balancer, build_sampler, check_compatible
+    from mtl.training.trainer import Trainer, TrainerSettings
+
+    batches, task_names = ctx["batches"], ctx["task_names"]
+    balancer = build_balancer(cfg.balancer, task_names)
+    sampler = build_sampler(cfg.sampler, {t: len(b) * args.batch_size for t, b in batches.items()}, args.seed)
+    check_compatible(balancer, sampler)
+    settings = TrainerSettings(
+        max_steps=10**6, eval_every=10**6, log_every=10**6, lr=float(cfg.optim.lr),
+        head_lr=None if cfg.optim.head_lr is None else float(cfg.optim.head_lr),
+        weight_decay=float(cfg.optim.weight_decay), warmup=0,
+        grad_clip=None if cfg.optim.grad_clip is None else float(cfg.optim.grad_clip),
+        precision=str(cfg.trainer.precision), device=str(cfg.trainer.device), save_best=False, progress=False,
+    )
+    streams = {t: ReplayStream(b) for t, b in batches.items()}
+    run_dir = ctx["run_dir"] / method.label.replace("@", "_").replace("#", "_")
+    trainer = Trainer(ctx["model"], balancer, sampler, streams, {}, settings, run_dir, logger=NullLogger())
+    return Timed(method, trainer)
+
+
+def sweep_order(methods: list[Method], sweep: int, equal_every: int) -> list[Method]:
+    """One timed step of every method, rotated by ``sweep``, with ``equal`` before, after and every
+    ``equal_every`` methods in between (its steps are the local reference for the neighbours)."""
+    equal = methods[0]
+    others = methods[1:]
+    k = sweep % max(len(others), 1)
+    others = others[k:] + others[:k]
+    order: list[Method] = []
+    for i, m in enumerate(others):
+        if i % equal_every == 0:
+            order.append(equal)
+        order.append(m)
+    return order + [equal]
+
+
+def local_ratios(records: list[dict[str, Any]]) -> None:
+    """``ratio`` of every step: its time over ``equal``'s interpolated (in time) between the
+    nearest ``equal`` steps before and after it."""
+    eq = [i for i, r in enumerate(records) if r["method"] == "equal"]
+    for i, r in enumerate(records):
+        if r["method"] == "equal":
+            r["ratio"] = 1.0
+            continue
+        before = max(j for j in eq if j < i)
+        after = min(j for j in eq if j > i)
+        a, b = records[before], records[after]
+        span = b["mid"] - a["mid"]
+        frac = (r["mid"] - a["mid"]) / span if span > 0 else 0.5
+        r["ratio"] = r["step"] / (a["step"] + frac * (b["step"] - a["step"]))
+
+
+def _quantile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    pos = q * (len(xs) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (pos - lo) * (xs[hi] - xs[lo])
+
+
+def summarise(methods: list[Method], records: list[dict[str, Any]], n_tasks: int) -> list[dict]:
+    med = statistics.median
+    out = []
+    for m in methods:
+        rs = [r for r in records if r["method"] == m.label]
+        ratios = [r["ratio"] for r in rs]
+        steps = [r["step"] for r in rs]
+        if m.source == "representation":
+            target = REPRESENTATION_TARGET
+        elif m.source == "parameters":
+            target = n_tasks + 0.5
+        else:
+            target = None
+        ratio = med(ratios)
+        out.append({
+            "method": m.label,
+            "balancer": m.balancer,
+            "source": m.source or "loss",
+            "ratio_to_equal": ratio,
+            "ratio_q25": _quantile(ratios, 0.25),
+            "ratio_q75": _quantile(ratios, 0.75),
+            "ratios": ratios,
+            "n_steps": len(rs),
+            "step_seconds_median": med(steps),
+            "engine_seconds_median": med(r["engine"] for r in rs),
+            "solver_ms_median": 1000 * med(r["solver"] for r in rs),
+            "solver_ms_max": 1000 * max(r["solver"] for r in rs),
+            "rest_seconds_median": med(r["step"] - r["engine"] for r in rs),
+            "target": target,
+            "meets_target": None if target is None else bool(ratio <= target),
+        })
+    return out
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    head = ["method", "source", "× equal", "IQR", "s/step", "engine s", "solver ms", "rest s", "target"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in results:
+        tgt = "–" if r["target"] is None else f"≤ {r['target']:.2f} {'ok' if r['meets_target'] else 'MISSED'}"
+        lines.append("| " + " | ".join([
+            r["method"], r["source"], f"{r['ratio_to_equal']:.3f}", f"{r['ratio_q25']:.2f}–{r['ratio_q75']:.2f}",
+            f"{r['step_seconds_median']:.3f}", f"{r['engine_seconds_median']:.3f}", f"{r['solver_ms_median']:.2f}",
+            f"{r['rest_seconds_median']:.3f}", tgt,
+        ]) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--representation", default=",".join(REPRESENTATION),
+                   help="balancers timed with source=representation (comma-separated; '' for none)")
+    p.add_argument("--parameters", default=",".join(PARAMETERS),
+                   help="balancers timed with source=parameters (comma-separated; '' for none)")
+    p.add_argument("--no-control", action="store_true", help="leave out the equal#2 noise-floor entry")
+    p.add_argument("--encoder", default="e5_small")
+    p.add_argument("--layers", type=int, default=0, help="load only the first N encoder layers (0 = all)")
+    p.add_argument("--unfreeze-embeddings", action="store_true", help="train the input embeddings too")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per task per step (default 16)")
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps of every method first (default 2)")
+    p.add_argument("--steps", type=int, default=7,
+                   help="timed steps per method, one per sweep over all methods (default 7)")
+    p.add_argument("--equal-every", type=int, default=4,
+                   help="an equal reference step after every N method steps of a sweep (default 4)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1; 0 = torch's default). On a shared 2-core box two "
+                        "OpenMP threads competing with other processes were several times slower")
+    p.add_argument("--device", default="cpu", help="trainer.device (default cpu)")
+    p.add_argument("--data-root", default=None, help="folder with the task files (default: found, else fixtures)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output (default outputs/bench/balancers.json)")
+    p.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE", help="more Hydra overrides")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return bench(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def source_digest() -> dict[str, str]:
+    """sha1 of the code being timed (the engine, the trainer, the balancers): which version gave these numbers."""
+    files = [REPO / "mtl" / "training" / "gradients.py", REPO / "mtl" / "training" / "trainer.py",
+             *sorted((REPO / "mtl" / "balancers").glob("*.py"))]
+    return {str(f.relative_to(REPO)): hashlib.sha1(f.read_bytes()).hexdigest()[:12] for f in files if f.exists()}
+
+
+def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import torch
+
+    digest = source_digest()
+    methods = methods_from(args)
+    tmp = tempfile.TemporaryDirectory(prefix="bench_balancers_")
+    data_root = find_data_root(args.data_root)
+    generated = data_root is None
+    if data_root is None:
+        from mtl.data.fixtures import write_fixture_data
+
+        data_root = write_fixture_data(Path(tmp.name) / "data", rows_per_task=240, seed=0)
+        log.info("real task files not found: using synthetic fixture data in %s", data_root)
+    os.environ.pop("MTL_DATA_DIR", None)  # data.root below is the one used
+    base = base_overrides(args, Path(data_root))
+    cfgs = {m.label: compose(base + m.overrides) for m in methods}  # fails fast on a bad name/override
+    cfg = cfgs["equal"]
+    torch.manual_seed(args.seed)
+    model, tokenizer, rows = build_model(cfg)
+    task_names = list(cfg.tasks.keys())
+    ctx = {
+        "model": model,
+        "batches": make_batches(rows, tokenizer, args.warmup + args.steps, args.batch_size, args.seed),
+        "task_names": task_names,
+        "run_dir": Path(tmp.name) / "run",
+    }
+    n_shared = sum(p.numel() for p in model.shared_parameters())
+    tokens = {t: [int(b["attention_mask"].sum()) for b in bs] for t, bs in ctx["batches"].items()}
+    log.info("%s, %d layers, %s trainable shared parameters, %d methods, %d warm-up + %d timed steps each",
+             cfg.encoder.name_or_path, model.encoder.config.num_hidden_layers, f"{n_shared:,}", len(methods),
+             args.warmup, args.steps)
+    timed = {m.label: make_trainer(m, cfgs[m.label], ctx, args) for m in methods}
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    for w in range(args.warmup):
+        for m in methods:
+            timed[m.label].step(w, args.seed)
+    records: list[dict[str, Any]] = []
+    for k in range(args.steps):
+        sweep = []
+        for m in sweep_order(methods, k, max(1, args.equal_every)):
+            rec = timed[m.label].step(args.warmup + k, args.seed)
+            sweep.append({"method": m.label, "sweep": k, **rec})
+        records += sweep
+        local_ratios(sweep)
+        log.info("sweep %d/%d: equal %.2f s; ratios %s", k + 1, args.steps,
+                 statistics.median(r["step"] for r in sweep if r["method"] == "equal"),
+                 " ".join(f"{r['method']}={r['ratio']:.2f}" for r in sweep if r["method"] != "equal"))
+    wall = time.perf_counter() - t_start
+    del timed
+    gc.collect()
+    results = summarise(methods, records, len(task_names))
+    data = {
+        "command": ("python scripts/bench_balancers.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
+        "setup": {
+            "encoder": str(cfg.encoder.name_or_path),
+            "layers": int(model.encoder.config.num_hidden_layers),
+            "freeze_embeddings": not args.unfreeze_embeddings,
+            "trainable_shared_parameters": n_shared,
+            "tasks": task_names,
+            "batch_size_per_task": args.batch_size,
+            "max_length": args.max_length,
+            "mean_tokens_per_step": sum(sum(v) for v in tokens.values()) / (args.warmup + args.steps),
+            "data_root": "generated synthetic fixture files" if generated else str(data_root),
+            "warmup_steps": args.warmup,
+            "timed_steps": args.steps,
+            "equal_every": args.equal_every,
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "wall_seconds": wall,
+            "source_sha1": digest,
+        },
+        "targets": {"representation": REPRESENTATION_TARGET, "parameters": len(task_names) + 0.5},
+        "results": results,
+        "steps": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "mid"}
+                  for r in records],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    print(format_table(results))
+    print(f"\n{len(methods)} methods x {args.steps} timed steps in {wall / 60:.1f} min -> {out}")
+    tmp.cleanup()
+    missed = [r["method"] for r in results if r["meets_target"] is False]
+    if missed:
+        print("over target: " + ", ".join(missed))
+    return 0 if all(math.isfinite(r["ratio_to_equal"]) for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
