@@ -34,14 +34,17 @@ invocation's; its step time then comes from the earlier invocation (marked ``reu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 DEFAULT_OUT = REPO / "outputs" / "compare_balancers"
 TASKS = ("ocnli", "ocemotion", "tnews")
+WARMUP_STEPS = 3  # first steps of a run left out of its median step time
 
 #: Balancer-specific overrides needed to make every registered config runnable.
 BALANCER_OVERRIDES: dict[str, list[str]] = {
@@ -125,7 +129,9 @@ def run_one(name: str, base: list[str], run_dir: Path, skip_existing: bool) -> d
     metrics_path, overrides_path = run_dir / "metrics.json", run_dir / "overrides.json"
     if skip_existing and finished(name, base, run_dir):
         log.info("%s: reusing %s", name, metrics_path)
-        return summarise(name, json.loads(metrics_path.read_text(encoding="utf-8")), reused=True)
+        times_path = run_dir / "step_times.json"
+        times = json.loads(times_path.read_text(encoding="utf-8")) if times_path.exists() else None
+        return summarise(name, json.loads(metrics_path.read_text(encoding="utf-8")), reused=True, step_times=times)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -135,16 +141,43 @@ def run_one(name: str, base: list[str], run_dir: Path, skip_existing: bool) -> d
 
     cfg = compose(overrides)
     t0 = time.perf_counter()
-    metrics = run(cfg, run_dir)
+    with step_timer() as times:
+        metrics = run(cfg, run_dir)
+    (run_dir / "step_times.json").write_text(json.dumps(times), encoding="utf-8")
     log.info("%s: done in %.0f s, dev average macro-F1 %.4f", name, time.perf_counter() - t0, metrics["avg_macro_f1"])
-    return summarise(name, metrics, reused=False)
+    return summarise(name, metrics, reused=False, step_times=times)
 
 
-def summarise(name: str, metrics: dict[str, Any], reused: bool) -> dict[str, Any]:
+@contextlib.contextmanager
+def step_timer() -> Iterator[list[float]]:
+    """Record the duration of every ``Trainer.train_step`` while the block runs."""
+    from mtl.training.trainer import Trainer
+
+    original = Trainer.train_step
+    times: list[float] = []
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - t0)
+
+    Trainer.train_step = timed  # type: ignore[method-assign]
+    try:
+        yield times
+    finally:
+        Trainer.train_step = original  # type: ignore[method-assign]
+
+
+def summarise(name: str, metrics: dict[str, Any], reused: bool, step_times: list[float] | None = None) -> dict[str, Any]:
     from mtl.balancers import BALANCERS
 
     cls = BALANCERS.get(name)
     steps = max(int(metrics["steps"]), 1)
+    # the median step (after the first few) resists load bursts better than the mean
+    timed = step_times[WARMUP_STEPS:] if step_times and len(step_times) > WARMUP_STEPS else step_times
+    median = statistics.median(timed) if timed else float(metrics["train_seconds"]) / steps
     return {
         "balancer": name,
         "level": "gradient" if cls.needs_gramian else "loss",
@@ -156,7 +189,8 @@ def summarise(name: str, metrics: dict[str, Any], reused: bool) -> dict[str, Any
         "accuracy": {t: float(s["accuracy"]) for t, s in metrics["tasks"].items()},
         "steps": steps,
         "train_seconds": float(metrics["train_seconds"]),
-        "step_seconds": float(metrics["train_seconds"]) / steps,
+        "step_seconds_mean": float(metrics["train_seconds"]) / steps,
+        "step_seconds": median,
         "wall_seconds": float(metrics["wall_seconds"]),
         "last_weights": metrics.get("balancer", {}).get("last_weights", {}),
         "majority_macro_f1": metrics.get("majority_macro_f1", {}),
@@ -266,8 +300,11 @@ def write_reports(out: Path, rows: list[dict[str, Any]], protocol: list[str], ar
         "Protocol (Hydra overrides shared by every run): `" + " ".join(protocol) + "`; "
         + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in BALANCER_OVERRIDES.items()) + ".",
         "",
-        "Dev macro-F1 at the last step; `s/step` is each run's training time per step "
-        "(engine + clip + optimiser step), `× equal` that time over `equal`'s.",
+        "Dev macro-F1 at the last step; `s/step` is each run's median training-step time "
+        f"(`Trainer.train_step`: engine + clip + optimiser step; first {WARMUP_STEPS} steps left out), "
+        "`× equal` that time over `equal`'s. Runs are timed one after the other, so a change in "
+        "machine load between runs shows up in this column; scripts/bench_balancers.py interleaves "
+        "the methods step by step for cost figures.",
         "",
         markdown_table(rows, tasks),
         "",

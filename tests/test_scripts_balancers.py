@@ -58,6 +58,8 @@ def test_compare_balancers_writes_table_and_json(fixture_data_root: Path, tmp_pa
         assert finite(r["relative_step_time"]) and r["relative_step_time"] > 0
         assert r["steps"] == 3
         assert (out / "runs" / name / "metrics.json").exists()
+        assert len(json.loads((out / "runs" / name / "step_times.json").read_text())) == 3
+        assert finite(r["step_seconds_mean"]) and r["step_seconds_mean"] > 0
     assert rows["equal"]["relative_step_time"] == pytest.approx(1.0)
     assert rows["pcgrad"]["level"] == "gradient" and rows["pcgrad"]["source"] == "representation"
     assert rows["uncertainty"]["level"] == "loss" and rows["uncertainty"]["source"] is None

@@ -212,7 +212,7 @@ def build_report(
     common = {}
     for k in HEADLINE_KEYS:
         vals = {_fmt_value(r.config.get(k, _ABSENT)) for r in runs}
-        if len(vals) == 1 and _ABSENT not in vals:
+        if len(vals) == 1 and not vals & {_ABSENT, "None"}:
             common[k] = vals.pop()
     rows = []
     for g in groups:
