@@ -1,0 +1,467 @@
+"""From a task config to tokenised, cached ``datasets.Dataset`` objects.
+
+``load_task`` reads a task's train (and dev) source, splits, subsamples and normalises it and returns a
+:class:`TaskData` with an account of every row (:class:`TaskReport`, written to the log and metrics.json).
+``tokenize_examples`` tokenises without padding and caches the result as an arrow file whose name is a
+hash of everything that changes the output, so the next run with the same tokenizer and settings reuses it.
+``collate`` pads a batch dynamically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mtl.data.normalize import tianchi_normalize
+from mtl.data.readers import Example, ReadReport, ReadSpec, get_reader, read_unlabelled_tsv
+from mtl.data.splits import check_disjoint, files, id_at_least, stratified_fraction, stratified_subsample
+
+if TYPE_CHECKING:
+    import datasets
+    import torch
+
+__all__ = [
+    "TaskData",
+    "TaskReport",
+    "collate",
+    "examples_fingerprint",
+    "load_task",
+    "load_test_sets",
+    "resolve_data_root",
+    "tokenize_examples",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "MTL_DATA_DIR"
+_CACHE_FORMAT_VERSION = "1"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config helpers
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """DictConfig / Mapping / None -> a plain dict with interpolations resolved."""
+    if cfg is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    raise TypeError(f"expected a mapping or DictConfig, got {type(cfg).__name__}")
+
+
+def _root_description(data_cfg: Any) -> str:
+    cfg = _plain(data_cfg)
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return f"{DATA_DIR_ENV}={env!r} -> {resolve_data_root(cfg)}"
+    return f"data.root={cfg.get('root', 'data')!r} ({DATA_DIR_ENV} unset) -> {resolve_data_root(cfg)}"
+
+
+def resolve_data_root(data_cfg: Any) -> Path:
+    """The folder task file paths are relative to: env ``MTL_DATA_DIR`` if set, else ``data.root`` (``data``).
+
+    A relative root is taken from the directory the run was started in (Hydra's original cwd when Hydra
+    is running, which equals the cwd with ``hydra.job.chdir=False``).
+    """
+    env = os.environ.get(DATA_DIR_ENV)
+    root = Path(env if env else (_plain(data_cfg).get("root") or "data")).expanduser()
+    if not root.is_absolute():
+        base = Path.cwd()
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.utils import get_original_cwd
+
+            if HydraConfig.initialized():
+                base = Path(get_original_cwd())
+        except (ImportError, ValueError):
+            pass
+        root = base / root
+    return root.resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# task loading
+
+
+@dataclass
+class TaskReport:
+    """Counts for one task: what was read, skipped (by reason), unlabelled, and the final split sizes."""
+
+    task: str
+    split_method: str
+    reads: list[ReadReport] = field(default_factory=list)
+    train_before_cap: int = 0
+    dev_before_cap: int = 0
+    train: int = 0
+    dev: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.reads)
+
+    @property
+    def unlabelled(self) -> int:
+        return sum(r.unlabelled for r in self.reads)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for r in self.reads:
+            for reason, n in r.skipped.items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split_method,
+            "read": self.rows,
+            "skipped": self.skipped,
+            "unlabelled": self.unlabelled,
+            "train_before_cap": self.train_before_cap,
+            "dev_before_cap": self.dev_before_cap,
+            "train": self.train,
+            "dev": self.dev,
+            "sources": [r.to_dict() for r in self.reads],
+        }
+
+    def summary(self) -> str:
+        text = (
+            f"{self.task}: {self.rows} rows read -> train {self.train}, dev {self.dev} ({self.split_method})"
+        )
+        if self.train != self.train_before_cap or self.dev != self.dev_before_cap:
+            text += f", capped from {self.train_before_cap}/{self.dev_before_cap}"
+        if self.unlabelled:
+            text += f", {self.unlabelled} unlabelled skipped"
+        if self.skipped:
+            text += ", bad rows skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items()))
+        return text
+
+
+@dataclass
+class TaskData:
+    """A task ready for tokenisation. ``labels`` is the ordered label list (``Example.label`` indexes it)."""
+
+    name: str
+    labels: list[str]
+    label_names: list[str]
+    train: list[Example]
+    dev: list[Example]
+    report: TaskReport
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
+def _spec(
+    task: Mapping[str, Any],
+    name: str,
+    path: Path | None,
+    data: Mapping[str, Any],
+    root_hint: str,
+    options: Mapping[str, Any] | None = None,
+) -> ReadSpec:
+    labels = [str(x) for x in task["labels"]]
+    unlabelled = task.get("unlabelled_values", ["-"])
+    return ReadSpec(
+        source=str(path) if path is not None else f"{name}:{(options or {}).get('split')}",
+        path=path,
+        columns=tuple(task.get("columns") or ()),
+        text_columns=tuple(task["text_columns"]),
+        labels=tuple(labels),
+        label_column=task.get("label_column", "label"),
+        id_column=task.get("id_column", "id"),
+        label_map={str(k): str(v) for k, v in (task.get("label_map") or {}).items()},
+        unlabelled_values=tuple(str(v) for v in (unlabelled or ())),
+        on_bad_row=data.get("on_bad_row", "error"),
+        root_hint=root_hint,
+        options=dict(options or {}),
+    )
+
+
+def _read_source(
+    task: Mapping[str, Any], name: str, which: str, data: Mapping[str, Any], root: Path, root_hint: str
+) -> tuple[list[Example], ReadReport]:
+    """Read the ``train`` or ``dev`` source of a task with its configured reader."""
+    reader_name = task.get("reader", "tianchi_tsv")
+    reader = get_reader(reader_name)
+    if reader_name == "hf_dataset":
+        hf = dict(task.get("hf") or {})
+        split = hf.pop(f"{which}_split", which if which == "train" else "validation")
+        hf.pop("train_split", None)
+        hf.pop("dev_split", None)
+        return reader(_spec(task, name, None, data, root_hint, {**hf, "split": split}))
+    key = f"{which}_file"
+    if not task.get(key):
+        raise ValueError(f"task {name!r}: `{key}` is not set (needed by reader {reader_name!r})")
+    return reader(_spec(task, name, root / str(task[key]), data, root_hint))
+
+
+def _normalise(examples: Sequence[Example]) -> list[Example]:
+    return [replace(e, texts=tuple(tianchi_normalize(t) for t in e.texts)) for e in examples]
+
+
+def load_task(name: str, task_cfg: Any, data_cfg: Any, seed: int = 0) -> TaskData:
+    """Read, split, cap (``data.max_train_per_task`` / ``max_dev_per_task``) and normalise one task.
+
+    Raises ``FileNotFoundError`` (naming the path and the data root it came from) for a missing file and
+    :class:`~mtl.data.readers.BadRowError` for a bad row under ``data.on_bad_row=error``.
+    """
+    task = _plain(task_cfg)
+    data = _plain(data_cfg)
+    for key in ("labels", "text_columns"):
+        if not task.get(key):
+            raise ValueError(f"task {name!r}: `{key}` is missing from its config")
+    labels = [str(x) for x in task["labels"]]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"task {name!r}: duplicate entries in labels {labels}")
+    label_names = [str(x) for x in (task.get("label_names") or labels)]
+    if len(label_names) != len(labels):
+        raise ValueError(f"task {name!r}: {len(label_names)} label_names for {len(labels)} labels")
+    root = resolve_data_root(data)
+    root_hint = _root_description(data)
+
+    split_cfg = dict(task.get("split") or {"method": "stratified_fraction"})
+    method = split_cfg.get("method", "stratified_fraction")
+    examples, report = _read_source(task, name, "train", data, root, root_hint)
+    task_report = TaskReport(task=name, split_method=method, reads=[report])
+    if method == "id_at_least":
+        if "threshold" not in split_cfg:
+            raise ValueError(f"task {name!r}: split id_at_least needs `threshold`")
+        train, dev = id_at_least(examples, int(split_cfg["threshold"]))
+    elif method == "stratified_fraction":
+        fraction = float(split_cfg.get("fraction", data.get("dev_fraction", 0.1)))
+        train, dev = stratified_fraction(examples, fraction, seed)
+    elif method == "files":
+        dev_examples, dev_report = _read_source(task, name, "dev", data, root, root_hint)
+        task_report.reads.append(dev_report)
+        train, dev = files(examples, dev_examples)
+    else:
+        raise ValueError(
+            f"task {name!r}: unknown split method {method!r}; use id_at_least, stratified_fraction or files"
+        )
+    if not train or not dev:
+        raise ValueError(
+            f"task {name!r}: split {method!r} gave {len(train)} train and {len(dev)} dev examples"
+        )
+
+    task_report.train_before_cap, task_report.dev_before_cap = len(train), len(dev)
+    train = stratified_subsample(train, data.get("max_train_per_task"), seed)
+    dev = stratified_subsample(dev, data.get("max_dev_per_task"), seed + 1)
+    if data.get("normalize", True):
+        train, dev = _normalise(train), _normalise(dev)
+    check_disjoint(train, dev, name)
+    task_report.train, task_report.dev = len(train), len(dev)
+    log.info("%s", task_report.summary())
+    return TaskData(
+        name=name, labels=labels, label_names=label_names, train=train, dev=dev, report=task_report
+    )
+
+
+def load_test_sets(name: str, task_cfg: Any, data_cfg: Any) -> dict[str, list[Example]]:
+    """Read the unlabelled test files (``test_files: {a: ..., b: ...}``), normalised like the train data."""
+    task = _plain(task_cfg)
+    data = _plain(data_cfg)
+    test_files = task.get("test_files") or {}
+    columns = task.get("test_columns") or [task.get("id_column") or "id", *task["text_columns"]]
+    root = resolve_data_root(data)
+    root_hint = _root_description(data)
+    out: dict[str, list[Example]] = {}
+    for split, rel in test_files.items():
+        examples, _ = read_unlabelled_tsv(
+            root / str(rel),
+            columns=columns,
+            text_columns=task["text_columns"],
+            id_column=task.get("test_id_column", "id"),
+            on_bad_row=data.get("on_bad_row", "error"),
+            root_hint=root_hint,
+        )
+        out[str(split)] = _normalise(examples) if data.get("normalize", True) else examples
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tokenisation
+
+
+def examples_fingerprint(examples: Sequence[Example]) -> str:
+    """A content hash of ids, texts and labels (order-sensitive): changes whenever the data does."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.id, list(e.texts), e.label], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> list[Any]:
+    parts: list[Any] = [
+        type(tokenizer).__name__,
+        str(getattr(tokenizer, "name_or_path", "")),
+        len(tokenizer),
+        getattr(tokenizer, "truncation_side", "right"),
+    ]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # The full pipeline (normaliser, pre-tokeniser, vocab): two tokenizers with one name differ here.
+        # Truncation/padding state is left out: transformers sets it on the backend at every call.
+        with contextlib.suppress(Exception):
+            state = json.loads(backend.to_str())
+            state.pop("truncation", None)
+            state.pop("padding", None)
+            blob = json.dumps(state, sort_keys=True, ensure_ascii=False)
+            parts.append(hashlib.sha256(blob.encode("utf-8")).hexdigest())
+    return parts
+
+
+def tokenize_examples(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_length: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+    fingerprint_parts: Sequence[Any] = (),
+) -> datasets.Dataset:
+    """Tokenise (pairs as pairs, truncated to ``max_length``, unpadded) into an arrow-backed Dataset.
+
+    Columns: ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the tokenizer returns them),
+    ``labels`` (-1 for unlabelled) and ``length``; row ``i`` is ``examples[i]``. With ``cache_dir`` the
+    result is written to ``<cache_dir>/tok-<hash>.arrow``, the hash covering the tokenizer (name, vocab size,
+    pipeline), ``max_length``, ``fingerprint_parts`` (pass e.g. the normalisation flag) and the examples'
+    content, and a later call with the same inputs loads that file instead of tokenising again.
+    """
+    import datasets
+
+    n_texts = {len(e.texts) for e in examples}
+    if len(n_texts) > 1:
+        raise ValueError(f"examples mix {sorted(n_texts)} texts per row; a task has one or two")
+    pair = n_texts == {2}
+    if n_texts and not n_texts <= {1, 2}:
+        raise ValueError(
+            f"examples have {n_texts.pop()} texts per row; only 1 (single) or 2 (pair) are supported"
+        )
+
+    cache_file: Path | None = None
+    if cache_dir is not None:
+        key = json.dumps(
+            [
+                _CACHE_FORMAT_VERSION,
+                _tokenizer_fingerprint(tokenizer),
+                int(max_length),
+                [str(p) for p in fingerprint_parts],
+                examples_fingerprint(examples),
+            ],
+            ensure_ascii=False,
+        )
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+        cache_file = Path(cache_dir).expanduser() / f"tok-{digest}.arrow"
+        if cache_file.is_file():
+            try:
+                ds = datasets.Dataset.from_file(str(cache_file))
+                if len(ds) == len(examples):
+                    log.info("reusing cached tokenisation %s (%d rows)", cache_file, len(ds))
+                    return ds
+                log.warning(
+                    "cached tokenisation %s has %d rows, expected %d; rebuilding",
+                    cache_file,
+                    len(ds),
+                    len(examples),
+                )
+            except Exception as exc:  # a truncated file from a killed run: rebuild it
+                log.warning("cannot read cached tokenisation %s (%s); rebuilding", cache_file, exc)
+            cache_file.unlink(missing_ok=True)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+
+    log.info("tokenising %d examples%s", len(examples), f" -> {cache_file}" if cache_file else "")
+    columns: dict[str, list[Any]] = {
+        "text_a": [e.texts[0] for e in examples],
+        "labels": [-1 if e.label is None else int(e.label) for e in examples],
+    }
+    if pair:
+        columns["text_b"] = [e.texts[1] for e in examples]
+    raw = datasets.Dataset.from_dict(
+        columns,
+        features=datasets.Features(
+            {
+                "text_a": datasets.Value("string"),
+                "labels": datasets.Value("int64"),
+                **({"text_b": datasets.Value("string")} if pair else {}),
+            }
+        ),
+    )
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        enc = tokenizer(
+            batch["text_a"],
+            batch["text_b"] if pair else None,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+        )
+        out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        out["length"] = [len(ids) for ids in enc["input_ids"]]
+        return out
+
+    return raw.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=["text_a", "text_b"] if pair else ["text_a"],
+        cache_file_name=str(cache_file) if cache_file else None,
+        load_from_cache_file=False,
+        desc="tokenising",
+    )
+
+
+def collate(
+    tokenizer: Any, keys: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids", "labels")
+) -> Callable[[list[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+    """A collate function that pads rows to the longest in the batch and returns ``torch.long`` tensors.
+
+    Only ``keys`` present in the rows are returned (``length`` is left out: it is for batching, not for the
+    model). Pads with the tokenizer's pad id on its ``padding_side``; masks and token types pad with 0.
+    """
+    import torch
+
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token before batching")
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    pad_values = {"input_ids": int(pad_id), "attention_mask": 0, "token_type_ids": 0}
+
+    def _list(value: Any) -> list[int]:
+        return value.tolist() if hasattr(value, "tolist") else list(value)
+
+    def fn(rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("empty batch")
+        batch: dict[str, torch.Tensor] = {}
+        longest = max(len(_list(r["input_ids"])) for r in rows)
+        for key in keys:
+            if key not in rows[0]:
+                continue
+            if key in pad_values:
+                padded = []
+                for r in rows:
+                    seq = _list(r[key])
+                    pad = [pad_values[key]] * (longest - len(seq))
+                    padded.append(pad + seq if left else seq + pad)
+                batch[key] = torch.tensor(padded, dtype=torch.long)
+            else:
+                batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)
+        return batch
+
+    return fn
