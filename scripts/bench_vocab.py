@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "encoder": args.encoder, "max_length": args.max_length, "batch_size": args.batch_size, "steps": args.steps,
         "data": data_kind, "train_per_task": args.train_per_task, "dev_per_task": args.dev_per_task,
-        "machine": machine(), "variants": results, "relative": summary,
+        "machine": machine(), "child_torch_threads": args.threads, "variants": results, "relative": summary,
     }
     write_result("vocab", result, args.out)
     return result

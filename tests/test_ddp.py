@@ -25,6 +25,7 @@ from mtl.cli.train import CONFIG_DIR
 from mtl.training import checkpoint as ckpt
 from mtl.training import run as run_mod
 from mtl.training.run import run
+from tests.toy_trainer import single_thread
 
 B = 4  # rows per task per rank
 
@@ -33,6 +34,11 @@ CASES = {
     "mgda-parameters": ("balancer=mgda", "sampler=all_tasks"),  # Jacobian rows all-reduced
     "mgda_ub-representation-accum2": ("balancer=mgda_ub", "sampler=all_tasks", "trainer.grad_accum_steps=2"),
 }
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from single_thread()
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +105,6 @@ def wait(ctx, timeout_s: float = 300.0) -> None:
 
 
 def test_two_gloo_ranks_match_one_process_with_the_union_batch(fixture_data_root: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     jobs = [(cfg_for(fixture_data_root, B, extra), str(tmp_path / f"ddp-{name}")) for name, extra in CASES.items()]
     workers = spawn(2, jobs)
     # the single-process references run while the two ranks start up and train

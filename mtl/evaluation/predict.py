@@ -176,6 +176,9 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedCheckpoint:
         head=model_cfg.get("head", "linear"),
         dropout=float(model_cfg.get("dropout", 0.0)),
     )
+    from mtl.models.vocab_trim import restore_trimmed_embeddings
+
+    restore_trimmed_embeddings(model, sd)  # a run with encoder.trim_vocab=true saved a smaller embedding
     result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
