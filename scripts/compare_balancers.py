@@ -9,7 +9,8 @@ writes ``<out>/results.json`` and ``<out>/results.md`` (per-task and average dev
 training time per step relative to ``equal``), rewritten after every run so partial results are
 visible while the comparison is under way.
 
-The default protocol is sized for a 2-core CPU (about 30-40 minutes for all 21 balancers):
+The default protocol is sized for a 2-core CPU (about 35-40 minutes for all 21 balancers at ~1.1 s
+per step; longer when other jobs share the cores):
 
     multilingual-e5-small (embedded), first 4 of its 12 layers, input embeddings frozen,
     max_length 64, batch 16 per task (48 sequences per step), 70 steps, AdamW lr 1e-4
