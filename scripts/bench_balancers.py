@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import json
 import logging
 import math
 import os
@@ -50,47 +49,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
-DEFAULT_OUT = REPO / "outputs" / "bench" / "balancers.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common  # noqa: E402
+
+DEFAULT_OUT = common.BENCH_DIR / "balancers.json"
 
 REPRESENTATION = [
     "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl", "aligned_mtl",
     "grad_norm_normalized", "gradnorm", "primary_auxiliary", "torchjd",
 ]  # fmt: skip
 PARAMETERS = ["mgda", "pcgrad", "cagrad", "nash_mtl"]
-#: Balancer-specific overrides (as in scripts/compare_balancers.py).
-BALANCER_OVERRIDES: dict[str, list[str]] = {
-    "primary_auxiliary": ["balancer.primary=ocnli"],
-    "torchjd": ["balancer.aggregator=UPGrad"],
-}
 REPRESENTATION_TARGET = 1.15
-CHECK_FILE = Path("tianchi") / "OCNLI_train1128.csv"
 
 log = logging.getLogger("bench_balancers")
 
 
 # ----------------------------------------------------------------------------------------- setup
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
-
-
-def find_data_root(explicit: str | None) -> Path | None:
-    """The real data folder, or ``None`` when the task files are nowhere to be found."""
-    cands = [explicit] if explicit else [os.environ.get("MTL_DATA_DIR"), str(REPO / "data"),
-                                         str(REPO.parent / "shared" / "data" / "raw")]
-    for c in cands:
-        if c and (Path(c) / CHECK_FILE).exists():
-            return Path(c).resolve()
-    if explicit:
-        raise SystemExit(f"--data-root {explicit}: no {CHECK_FILE} there")
-    return None
 
 
 class ReplayStream:
@@ -119,7 +94,7 @@ class Method:
 
     @property
     def overrides(self) -> list[str]:
-        out = [f"balancer={self.balancer}", *BALANCER_OVERRIDES.get(self.balancer, [])]
+        out = common.balancer_overrides(self.balancer)
         return out + ([f"balancer.source={self.source}"] if self.source else [])
 
 
@@ -148,34 +123,17 @@ def base_overrides(args: argparse.Namespace, data_root: Path) -> list[str]:
         "trainer.progress=false",
         "trainer.device=cpu" if args.device == "cpu" else f"trainer.device={args.device}",
     ]
-    if args.layers:
-        key = "num_layers" if args.encoder == "tiny_random" else "num_hidden_layers"
-        out.append(f"++encoder.kwargs.{key}={args.layers}")
-    return out + list(args.extra or [])
+    return out + common.layers_override(args.encoder, args.layers) + list(args.extra or [])
 
 
 def build_model(cfg) -> tuple[Any, Any, dict[str, list[dict[str, Any]]]]:
     """Encoder + heads and the tokenised training rows of every task (as ``run()`` builds them)."""
-    from omegaconf import OmegaConf
-
-    from mtl.data.loading import load_task, tokenize_examples
-    from mtl.models.encoder import load_encoder
     from mtl.models.multitask import MultiTaskModel
 
-    enc_cfg = cfg.encoder
-    kwargs = OmegaConf.to_container(enc_cfg.kwargs, resolve=True) if enc_cfg.get("kwargs") else {}
-    encoder, tokenizer = load_encoder(enc_cfg.name_or_path, **kwargs)
-    if enc_cfg.get("freeze_embeddings"):
-        for p in encoder.get_input_embeddings().parameters():
-            p.requires_grad_(False)
-    rows, labels = {}, {}
-    for task in cfg.tasks:
-        td = load_task(task, cfg.tasks[task], cfg.data, seed=int(cfg.seed))
-        labels[task] = len(td.labels)
-        ds = tokenize_examples(td.train, tokenizer, int(enc_cfg.max_length), cfg.data.cache_dir,
-                               [f"normalize={cfg.data.normalize}"])
-        rows[task] = [ds[i] for i in range(len(ds))]
-    model = MultiTaskModel(encoder, labels, pooling=enc_cfg.pooling, head=cfg.model.head,
+    encoder, tokenizer = common.load_encoder_from(cfg, freeze_embeddings=bool(cfg.encoder.get("freeze_embeddings")))
+    labels, train, _ = common.load_tasks(cfg, tokenizer, seed=int(cfg.seed))
+    rows = {task: [ds[i] for i in range(len(ds))] for task, ds in train.items()}
+    model = MultiTaskModel(encoder, labels, pooling=cfg.encoder.pooling, head=cfg.model.head,
                            dropout=float(cfg.model.dropout))
     return model, tokenizer, rows
 
@@ -209,9 +167,7 @@ class Timed:
         self.solver: list[float] = []
         self._wrap(trainer.engine, "step", self.engine)
         self._wrap(trainer.balancer, "compute", self.solver)
-        import torch
-
-        self.sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+        self.device = trainer.device
 
     @staticmethod
     def _wrap(obj: Any, name: str, bucket: list[float]) -> None:
@@ -236,10 +192,10 @@ class Timed:
         torch.manual_seed(seed + batch_index)
         self.engine.append(0.0)
         self.solver.append(0.0)
-        self.sync()
+        common.sync(self.device)
         t0 = time.perf_counter()
         result = self.trainer.train_step()
-        self.sync()
+        common.sync(self.device)
         t1 = time.perf_counter()
         if result is None:
             raise RuntimeError(f"{self.method.label}: a step was skipped (non-finite loss or gradient)")
@@ -357,52 +313,35 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.make_parser(__doc__.split("\n\n")[0])
     p.add_argument("--representation", default=",".join(REPRESENTATION),
                    help="balancers timed with source=representation (comma-separated; '' for none)")
     p.add_argument("--parameters", default=",".join(PARAMETERS),
                    help="balancers timed with source=parameters (comma-separated; '' for none)")
     p.add_argument("--no-control", action="store_true", help="leave out the equal#2 noise-floor entry")
-    p.add_argument("--encoder", default="e5_small")
-    p.add_argument("--layers", type=int, default=0, help="load only the first N encoder layers (0 = all)")
-    p.add_argument("--unfreeze-embeddings", action="store_true", help="train the input embeddings too")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per task per step (default 16)")
-    p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of every method first (default 2)")
-    p.add_argument("--steps", type=int, default=7,
-                   help="timed steps per method, one per sweep over all methods (default 7)")
     p.add_argument("--equal-every", type=int, default=4,
                    help="an equal reference step after every N method steps of a sweep (default 4)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1; 0 = torch's default). On a shared 2-core box two "
-                        "OpenMP threads competing with other processes were several times slower")
     p.add_argument("--device", default="cpu", help="trainer.device (default cpu)")
-    p.add_argument("--data-root", default=None, help="folder with the task files (default: found, else fixtures)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output (default outputs/bench/balancers.json)")
-    p.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE", help="more Hydra overrides")
+    common.add_protocol_args(p, steps=7, layers=0, out=str(DEFAULT_OUT),
+                             steps_help="timed steps per method, one per sweep over all methods (default 7)",
+                             out_help="JSON output (default outputs/bench/balancers.json)",
+                             data_root_help="folder with the task files (default: found, else fixtures)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import torch
-
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         return bench(args, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def source_digest() -> dict[str, str]:
     """sha1 of the code being timed (the engine, the trainer, the balancers): which version gave these numbers."""
-    files = [REPO / "mtl" / "training" / "gradients.py", REPO / "mtl" / "training" / "trainer.py",
-             *sorted((REPO / "mtl" / "balancers").glob("*.py"))]
-    return {str(f.relative_to(REPO)): hashlib.sha1(f.read_bytes()).hexdigest()[:12] for f in files if f.exists()}
+    files = [common.REPO / "mtl" / "training" / "gradients.py", common.REPO / "mtl" / "training" / "trainer.py",
+             *sorted((common.REPO / "mtl" / "balancers").glob("*.py"))]
+    return {str(f.relative_to(common.REPO)): hashlib.sha1(f.read_bytes()).hexdigest()[:12] for f in files if f.exists()}
 
 
 def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
@@ -411,7 +350,7 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     digest = source_digest()
     methods = methods_from(args)
     tmp = tempfile.TemporaryDirectory(prefix="bench_balancers_")
-    data_root = find_data_root(args.data_root)
+    data_root = common.find_data_root(args.data_root)
     generated = data_root is None
     if data_root is None:
         from mtl.data.fixtures import write_fixture_data
@@ -420,7 +359,7 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
         log.info("real task files not found: using synthetic fixture data in %s", data_root)
     os.environ.pop("MTL_DATA_DIR", None)  # data.root below is the one used
     base = base_overrides(args, Path(data_root))
-    cfgs = {m.label: compose(base + m.overrides) for m in methods}  # fails fast on a bad name/override
+    cfgs = {m.label: common.compose(base + m.overrides) for m in methods}  # fails fast on a bad name/override
     cfg = cfgs["equal"]
     torch.manual_seed(args.seed)
     model, tokenizer, rows = build_model(cfg)
@@ -458,7 +397,7 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
     gc.collect()
     results = summarise(methods, records, len(task_names))
     data = {
-        "command": ("python scripts/bench_balancers.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip(),
+        "command": common.command_line(__file__, argv),
         "setup": {
             "encoder": str(cfg.encoder.name_or_path),
             "layers": int(model.encoder.config.num_hidden_layers),
@@ -487,9 +426,7 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
         "steps": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "mid"}
                   for r in records],
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    out = common.write_json(args.out, data)
     print(format_table(results))
     print(f"\n{len(methods)} methods x {args.steps} timed steps in {wall / 60:.1f} min -> {out}")
     tmp.cleanup()

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_loop import machine, sync, write_result  # noqa: E402
+import _bench_common as common  # noqa: E402
 
 from mtl.balancers import build_balancer  # noqa: E402
 from mtl.data.batching import TaskBatchSampler, TaskStream  # noqa: E402
@@ -103,12 +103,11 @@ def measure(encoder_name: str, precision: str, args: argparse.Namespace, device:
         trainer.train_step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
+    common.sync(device)
     t0, samples = time.perf_counter(), 0
     for _ in range(args.steps):
-        res = trainer.train_step()
-        samples += sum(k for _, k in res.correct.values()) if res is not None else 0
-    sync(device)
+        samples += common.step_samples(trainer.train_step())
+    common.sync(device)
     secs = time.perf_counter() - t0
     out = {
         "encoder": encoder_name,
@@ -132,7 +131,7 @@ def measure(encoder_name: str, precision: str, args: argparse.Namespace, device:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.make_parser(__doc__)
     ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (tiny smoke sizes)")
     ap.add_argument("--encoders", default="e5_small,bert_base_random")
     ap.add_argument("--precisions", default="fp32,bf16")
@@ -159,11 +158,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [measure(e, p, args, device) for e in args.encoders.split(",") for p in args.precisions.split(",")]
     result = {
         "benchmark": "gpu",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": common.command_line(__file__, argv),
         "device": str(device), "smoke_sizes": device.type == "cpu", "batch_size_per_task": args.batch_size,
         "tasks_per_step": len(TASKS), "lengths": [args.min_length, args.max_length], "compile": args.compile,
         "grad_accum_steps": args.grad_accum_steps, "freeze_embeddings": args.freeze_embeddings,
-        "machine": machine(), "results": rows,
+        "machine": common.machine(), "results": rows,
     }
     by = {(r["encoder"], r["precision"]): r for r in rows}
     result["bf16_over_fp32"] = {
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for e in args.encoders.split(",") if (e, "bf16") in by and (e, "fp32") in by
     }
-    write_result("gpu" if device.type == "cuda" else "gpu_cpu_smoke", result, args.out)
+    common.write_result("gpu" if device.type == "cuda" else "gpu_cpu_smoke", result, args.out)
     return result
 
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,71 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _bench_common as common  # noqa: E402
 
 from mtl.balancers import build_balancer  # noqa: E402
 from mtl.data.batching import TaskBatchSampler, TaskStream  # noqa: E402
-from mtl.data.loading import collate, load_task, tokenize_examples  # noqa: E402
-from mtl.models.encoder import load_encoder  # noqa: E402
+from mtl.data.loading import collate  # noqa: E402
 from mtl.models.heads import pool  # noqa: E402
 from mtl.models.multitask import MultiTaskModel  # noqa: E402
 from mtl.samplers import SAMPLERS  # noqa: E402
 from mtl.training.optim import build_scheduler  # noqa: E402
 from mtl.training.trainer import Trainer, TrainerSettings, resolve_device, resolve_precision  # noqa: E402
-
-TASKS = ("ocnli", "ocemotion", "tnews")
-
-
-# ----------------------------------------------------------------------------- shared bench helpers
-
-
-def data_root() -> tuple[Path, str]:
-    """The real data when present (MTL_DATA_DIR or ../shared/data/raw), else fixture files in a temp dir."""
-    for cand in (os.environ.get("MTL_DATA_DIR"), REPO.parent / "shared" / "data" / "raw"):
-        if cand and (Path(cand) / "tianchi" / "OCNLI_train1128.csv").exists():
-            return Path(cand), "real"
-    from mtl.data.fixtures import write_fixture_data
-
-    root = Path(tempfile.mkdtemp(prefix="mtl-bench-data-"))
-    return write_fixture_data(root, rows_per_task=400, seed=0), "fixtures"
-
-
-def compose_cfg(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from mtl.cli.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def write_result(name: str, result: dict[str, Any], out: str | None = None) -> Path:
-    path = Path(out) if out else REPO / "outputs" / "bench" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    print(json.dumps(result, indent=2, ensure_ascii=False, default=float))
-    print(f"written to {path}")
-    return path
-
-
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 # ----------------------------------------------------------------------------- the hand-written loop
 
@@ -149,39 +93,27 @@ class HandLoop:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="e5_small", help="an encoder config name (configs/encoder/*.yaml)")
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per loop per repetition")
+    ap = common.make_parser(__doc__)
+    common.add_common_args(ap, steps=30, batch_size=32, max_length=64,
+                           steps_help="timed steps per loop per repetition (default 30)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--warmup-steps", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--train-per-task", type=int, default=3000)
     ap.add_argument("--no-freeze", action="store_true", help="train the embedding matrix too")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with common.torch_threads(args.threads):
+        return bench(args, argv)
 
-    root, data_kind = data_root()
-    cfg = compose_cfg([f"encoder={args.encoder}", f"data.root={root}", f"encoder.max_length={args.max_length}",
-                       f"data.max_train_per_task={args.train_per_task}", "data.max_dev_per_task=10"])
+
+def bench(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    cfg, data_kind = common.bench_config(args, "data.max_dev_per_task=10")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
-    enc_kwargs = dict(cfg.encoder.get("kwargs") or {})
-    encoder, tokenizer = load_encoder(cfg.encoder.name_or_path, **enc_kwargs)
-    if not args.no_freeze:
-        encoder.get_input_embeddings().weight.requires_grad_(False)
-    sets, labels = {}, {}
-    for task in TASKS:
-        td = load_task(task, cfg.tasks[task], cfg.data, seed=0)
-        labels[task] = len(td.labels)
-        sets[task] = tokenize_examples(td.train, tokenizer, args.max_length, cfg.data.cache_dir,
-                                       [f"normalize={cfg.data.normalize}"])
+    encoder, tokenizer = common.load_encoder_from(cfg, freeze_embeddings=not args.no_freeze)
+    labels, sets, _ = common.load_tasks(cfg, tokenizer, seed=0, tasks=common.TASKS)
     coll = collate(tokenizer)
     total_steps = (args.steps + args.warmup_steps) * args.reps + args.warmup_steps
     settings = TrainerSettings(max_steps=10 * total_steps, eval_every=10**9, log_every=10**9, lr=5e-5, head_lr=1e-3,
@@ -198,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # A: our Trainer
     model = MultiTaskModel(copy.deepcopy(encoder), labels, pooling=cfg.encoder.pooling, dropout=0.1)
     streams = {t: TaskStream(sets[t], bs, coll, pin_memory=pin) for t, bs in batch_samplers().items()}
-    trainer = Trainer(model, build_balancer("equal", list(TASKS)), sampler(), streams, {}, settings,
+    trainer = Trainer(model, build_balancer("equal", list(common.TASKS)), sampler(), streams, {}, settings,
                       tempfile.mkdtemp(prefix="mtl-bench-loop-"))
     # B: the hand-written loop, its own copies of everything (same seeds -> same batches)
     loaders = {t: iter(torch.utils.data.DataLoader(sets[t], batch_sampler=bs, collate_fn=coll, pin_memory=pin))
@@ -208,8 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del encoder
 
     def trainer_step() -> int:
-        res = trainer.train_step()
-        return sum(n for _, n in res.correct.values()) if res is not None else 0
+        return common.step_samples(trainer.train_step())
 
     loops = {"trainer": trainer_step, "hand_loop": hand.train_step}
     for fn in loops.values():  # warm-up (allocator, first-iteration costs)
@@ -223,11 +154,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fn = loops[name]
             for _ in range(args.warmup_steps if r else 0):
                 fn()
-            sync(device)
+            common.sync(device)
             t0, samples = time.perf_counter(), 0
             for _ in range(args.steps):
                 samples += fn()
-            sync(device)
+            common.sync(device)
             rep[name] = samples / (time.perf_counter() - t0)
         reps.append(rep)
         print(f"rep {r + 1}/{args.reps}: trainer {rep['trainer']:.1f} samples/s, hand loop {rep['hand_loop']:.1f} "
@@ -235,10 +166,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     med = {k: statistics.median(r[k] for r in reps) for k in loops}
     result = {
         "benchmark": "loop",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": common.command_line(__file__, argv),
         "encoder": args.encoder, "frozen_embeddings": not args.no_freeze, "max_length": args.max_length,
         "batch_size": args.batch_size, "steps_per_rep": args.steps, "reps": args.reps, "precision": precision,
-        "device": str(device), "data": data_kind, "machine": machine(),
+        "device": str(device), "data": data_kind, "machine": common.machine(),
         "samples_per_second": {"per_rep": reps, "median": med},
         "ratio_trainer_over_hand_loop": {
             "of_medians": med["trainer"] / med["hand_loop"],
@@ -248,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "target_ratio": 0.95,
     }
-    write_result("loop", result, args.out)
+    common.write_result("loop", result, args.out)
     return result
 
 

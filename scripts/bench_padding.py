@@ -32,12 +32,11 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_loop import TASKS, compose_cfg, data_root, machine, write_result  # noqa: E402
+import _bench_common as common  # noqa: E402
 
 from mtl.balancers import build_balancer  # noqa: E402
 from mtl.data.batching import TaskBatchSampler, TaskStream  # noqa: E402
-from mtl.data.loading import collate, load_task, tokenize_examples  # noqa: E402
-from mtl.models.encoder import load_encoder  # noqa: E402
+from mtl.data.loading import collate  # noqa: E402
 from mtl.models.multitask import MultiTaskModel  # noqa: E402
 from mtl.samplers import SAMPLERS  # noqa: E402
 from mtl.training.trainer import Trainer, TrainerSettings  # noqa: E402
@@ -65,33 +64,23 @@ class Padded:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="e5_small")
-    ap.add_argument("--steps", type=int, default=60)
+    ap = common.make_parser(__doc__)
+    common.add_common_args(ap, steps=60, batch_size=16, max_length=128,
+                           steps_help="training steps per variant (default 60)")
     ap.add_argument("--block", type=int, default=10, help="steps per block in the rotation")
     ap.add_argument("--warmup-steps", type=int, default=2, help="untimed first steps of each variant")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--train-per-task", type=int, default=4000)
     ap.add_argument("--dev-per-task", type=int, default=200)
     ap.add_argument("--no-random", action="store_true", help="skip the dynamic_random variant")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    root, data_kind = data_root()
-    cfg = compose_cfg([f"encoder={args.encoder}", f"data.root={root}", f"encoder.max_length={args.max_length}",
-                       f"data.max_train_per_task={args.train_per_task}", f"data.max_dev_per_task={args.dev_per_task}"])
-    encoder, tokenizer = load_encoder(cfg.encoder.name_or_path, **dict(cfg.encoder.get("kwargs") or {}))
-    encoder.get_input_embeddings().weight.requires_grad_(False)
-    fp = [f"normalize={cfg.data.normalize}"]
-    train, dev, labels = {}, {}, {}
-    for task in TASKS:
-        td = load_task(task, cfg.tasks[task], cfg.data, seed=int(cfg.seed))
-        labels[task] = len(td.labels)
-        train[task] = tokenize_examples(td.train, tokenizer, args.max_length, cfg.data.cache_dir, fp)
-        dev[task] = tokenize_examples(td.dev, tokenizer, args.max_length, cfg.data.cache_dir, fp)
+    with common.torch_threads(args.threads):
+        return bench(args, argv)
+
+
+def bench(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    cfg, data_kind = common.bench_config(args, f"data.max_dev_per_task={args.dev_per_task}")
+    encoder, tokenizer = common.load_encoder_from(cfg, freeze_embeddings=True)
+    labels, train, dev = common.load_tasks(cfg, tokenizer, seed=int(cfg.seed), tasks=common.TASKS, with_dev=True)
     dyn = collate(tokenizer)
     pad_id = int(tokenizer.pad_token_id)
     variants = {"dynamic_grouped": (True, None)}
@@ -112,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.manual_seed(0)  # same head initialisation for every variant
         model = MultiTaskModel(copy.deepcopy(encoder), labels, pooling=cfg.encoder.pooling, dropout=0.1)
         sampler = SAMPLERS.get("proportional")({t: len(ds) for t, ds in train.items()}, seed=0)
-        trainers[name] = Trainer(model, build_balancer("equal", list(TASKS)), sampler, streams, {}, settings,
+        trainers[name] = Trainer(model, build_balancer("equal", list(common.TASKS)), sampler, streams, {}, settings,
                                  tempfile.mkdtemp(prefix=f"mtl-bench-padding-{name}-"))
         collates[name] = coll
         torch.manual_seed(1)
@@ -135,8 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.set_rng_state(rng[name])
             t0 = time.perf_counter()
             for _ in range(n):
-                res = trainers[name].train_step()
-                samples[name] += sum(k for _, k in res.correct.values()) if res is not None else 0
+                samples[name] += common.step_samples(trainers[name].train_step())
             seconds[name] += time.perf_counter() - t0
             rng[name] = torch.get_rng_state()
         done += n
@@ -161,18 +149,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fixed_name = names[-1]
     result = {
         "benchmark": "padding",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": common.command_line(__file__, argv),
         "encoder": args.encoder, "frozen_embeddings": True, "max_length": args.max_length,
         "batch_size": args.batch_size, "steps": args.steps, "untimed_warmup_steps": warm, "block": args.block,
         "data": data_kind,
-        "train_per_task": args.train_per_task, "dev_per_task": args.dev_per_task, "machine": machine(),
+        "train_per_task": args.train_per_task, "dev_per_task": args.dev_per_task, "machine": common.machine(),
         "variants": out,
         "speedup_over_fixed": {k: out[k]["train_samples_per_second"] / out[fixed_name]["train_samples_per_second"]
                                for k in names},
         "dev_avg_macro_f1_minus_fixed": {k: out[k]["dev_avg_macro_f1"] - out[fixed_name]["dev_avg_macro_f1"]
                                          for k in names},
     }
-    write_result("padding", result, args.out)
+    common.write_result("padding", result, args.out)
     return result
 
 

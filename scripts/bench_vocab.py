@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_loop import compose_cfg, data_root, machine, write_result  # noqa: E402
+import _bench_common as common  # noqa: E402
 
 VARIANTS = {
     "untrimmed": ("encoder.trim_vocab=false", "encoder.freeze_embeddings=false"),
@@ -47,8 +47,6 @@ def child(args: argparse.Namespace) -> None:
     """One variant: train, then write its figures as JSON to --json-out."""
     from mtl.training import run as run_mod
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run_mod.write_run_plots_after_fit = lambda *a, **k: []
     counts: dict[str, int] = {}
     original = run_mod.Trainer.fit
@@ -86,7 +84,8 @@ def child(args: argparse.Namespace) -> None:
         "trainer.save_best=false", "trainer.progress=false", "optim.lr=1e-4", "optim.head_lr=2e-3", "optim.warmup=0.06",
     ]
     t0 = time.perf_counter()
-    metrics = run_mod.run(compose_cfg(overrides), Path(args.run_dir))
+    with common.torch_threads(args.threads):
+        metrics = run_mod.run(common.compose(overrides), Path(args.run_dir))
     out = {
         **counts,
         "train_samples_per_second": metrics["samples_per_second"],
@@ -104,16 +103,12 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="e5_small")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=64)
+    ap = common.make_parser(__doc__)
+    common.add_common_args(ap, steps=60, batch_size=32, max_length=64,
+                           steps_help="training steps per variant (default 60)")
     ap.add_argument("--train-per-task", type=int, default=4000)
     ap.add_argument("--dev-per-task", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
-    ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
@@ -122,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         child(args)
         return {}
-    root, data_kind = data_root()
+    root, data_kind = common.data_root()
     tmp = Path(tempfile.mkdtemp(prefix="mtl-bench-vocab-"))
     results: dict[str, Any] = {}
     passthrough = ["--encoder", args.encoder, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
@@ -154,12 +149,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
     result = {
         "benchmark": "vocab",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "command": common.command_line(__file__, argv),
         "encoder": args.encoder, "max_length": args.max_length, "batch_size": args.batch_size, "steps": args.steps,
         "data": data_kind, "train_per_task": args.train_per_task, "dev_per_task": args.dev_per_task,
-        "machine": machine(), "child_torch_threads": args.threads, "variants": results, "relative": summary,
+        "machine": common.machine(), "child_torch_threads": args.threads, "variants": results, "relative": summary,
     }
-    write_result("vocab", result, args.out)
+    common.write_result("vocab", result, args.out)
     return result
 
 

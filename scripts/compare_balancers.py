@@ -49,24 +49,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
-DEFAULT_OUT = REPO / "outputs" / "compare_balancers"
-TASKS = ("ocnli", "ocemotion", "tnews")
-WARMUP_STEPS = 3  # first steps of a run left out of its median step time
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: Balancer-specific overrides needed to make every registered config runnable.
-BALANCER_OVERRIDES: dict[str, list[str]] = {
-    "primary_auxiliary": ["balancer.primary=ocnli"],
-    "torchjd": ["balancer.aggregator=UPGrad"],
-}
+import _bench_common as common  # noqa: E402
+
+DEFAULT_OUT = common.REPO / "outputs" / "compare_balancers"
+WARMUP_STEPS = 3  # first steps of a run left out of its median step time
 
 log = logging.getLogger("compare_balancers")
 
 
 def available_balancers() -> list[str]:
     """Every ``configs/balancer/*.yaml``, ``equal`` first (the reference for the step-time ratio)."""
-    names = sorted(p.stem for p in (CONFIG_DIR / "balancer").glob("*.yaml"))
+    names = sorted(p.stem for p in (common.CONFIG_DIR / "balancer").glob("*.yaml"))
     return sorted(names, key=lambda n: (n != "equal", n))
 
 
@@ -90,24 +85,10 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
         f"optim.head_lr={args.head_lr}",
         f"optim.warmup={args.warmup}",
     ]
-    if args.layers:
-        key = "num_layers" if args.encoder == "tiny_random" else "num_hidden_layers"
-        out.append(f"++encoder.kwargs.{key}={args.layers}")
+    out += common.layers_override(args.encoder, args.layers)
     if args.data_root:
         out.append(f"data.root={Path(args.data_root).resolve()}")
     return out + list(args.extra or [])
-
-
-def balancer_overrides(name: str) -> list[str]:
-    return [f"balancer={name}", *BALANCER_OVERRIDES.get(name, [])]
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -118,7 +99,7 @@ def finished(name: str, base: list[str], run_dir: Path) -> bool:
     metrics_path, overrides_path = run_dir / "metrics.json", run_dir / "overrides.json"
     if not (metrics_path.exists() and overrides_path.exists()):
         return False
-    same = json.loads(overrides_path.read_text(encoding="utf-8")) == base + balancer_overrides(name)
+    same = json.loads(overrides_path.read_text(encoding="utf-8")) == base + common.balancer_overrides(name)
     if not same:
         log.info("%s: %s was run with other overrides; it will run again", name, run_dir)
     return same
@@ -126,7 +107,7 @@ def finished(name: str, base: list[str], run_dir: Path) -> bool:
 
 def run_one(name: str, base: list[str], run_dir: Path, skip_existing: bool) -> dict[str, Any]:
     """Train balancer ``name`` into ``run_dir`` (or reuse a finished run); returns its result row."""
-    overrides = base + balancer_overrides(name)
+    overrides = base + common.balancer_overrides(name)
     metrics_path, overrides_path = run_dir / "metrics.json", run_dir / "overrides.json"
     if skip_existing and finished(name, base, run_dir):
         log.info("%s: reusing %s", name, metrics_path)
@@ -140,7 +121,7 @@ def run_one(name: str, base: list[str], run_dir: Path, skip_existing: bool) -> d
 
     from mtl.training.run import run
 
-    cfg = compose(overrides)
+    cfg = common.compose(overrides)
     t0 = time.perf_counter()
     with step_timer() as times:
         metrics = run(cfg, run_dir)
@@ -221,7 +202,7 @@ def warm_up(args: argparse.Namespace, out: Path) -> None:
     try:
         from mtl.training.run import run
 
-        run(compose(protocol_overrides(tiny) + balancer_overrides("equal")), run_dir)
+        run(common.compose(protocol_overrides(tiny) + common.balancer_overrides("equal")), run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -264,17 +245,17 @@ def markdown_table(rows: list[dict[str, Any]], tasks: list[str]) -> str:
 
 def write_reports(out: Path, rows: list[dict[str, Any]], protocol: list[str], args: argparse.Namespace) -> None:
     finish_rows(rows)
-    tasks = list(TASKS)
+    tasks = list(common.TASKS)
     for r in rows:
         if r["status"] == "ok":
             tasks = list(r["macro_f1"])
             break
-    command = "python scripts/compare_balancers.py " + " ".join(sys.argv[1:])
+    command = args.command
     data = {
-        "command": command.strip(),
+        "command": command,
         "protocol": {
             "overrides": protocol,
-            "balancer_overrides": BALANCER_OVERRIDES,
+            "balancer_overrides": common.BALANCER_OVERRIDES,
             "encoder": args.encoder,
             "layers": args.layers or "all",
             "freeze_embeddings": not args.unfreeze_embeddings,
@@ -289,17 +270,14 @@ def write_reports(out: Path, rows: list[dict[str, Any]], protocol: list[str], ar
         },
         "results": rows,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / "results.json")
+    common.write_json(out / "results.json", data)
     md = [
         "# Balancer comparison",
         "",
-        f"Command: `{command.strip()}`",
+        f"Command: `{command}`",
         "",
         "Protocol (Hydra overrides shared by every run): `" + " ".join(protocol) + "`; "
-        + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in BALANCER_OVERRIDES.items()) + ".",
+        + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in common.BALANCER_OVERRIDES.items()) + ".",
         "",
         "Dev macro-F1 at the last step; `s/step` is each run's median training-step time "
         f"(`Trainer.train_step`: engine + clip + optimiser step; first {WARMUP_STEPS} steps left out), "
@@ -319,45 +297,29 @@ def write_reports(out: Path, rows: list[dict[str, Any]], protocol: list[str], ar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.make_parser(__doc__.split("\n\n")[0])
+    common.add_protocol_args(p, steps=70, layers=4, out=str(DEFAULT_OUT),
+                             steps_help="training steps per run (default 70)",
+                             out_help="output folder (default outputs/compare_balancers)",
+                             data_root_help="data.root (MTL_DATA_DIR, when set, still wins)")
     p.add_argument("--balancers", default="all", help="comma-separated names, or 'all' (default)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default outputs/compare_balancers)")
-    p.add_argument("--steps", type=int, default=70, help="training steps per run (default 70)")
-    p.add_argument("--encoder", default="e5_small", help="encoder config name (default e5_small)")
-    p.add_argument("--layers", type=int, default=4,
-                   help="load only the encoder's first N layers (default 4; 0 = all)")
-    p.add_argument("--unfreeze-embeddings", action="store_true", help="train the input embeddings too")
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-per-task", type=int, default=1500)
     p.add_argument("--dev-per-task", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16, help="examples per task per step (default 16)")
-    p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4, help="encoder lr (default 1e-4)")
     p.add_argument("--head-lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=float, default=0.06)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core box, 2 OpenMP threads competing "
-                        "with other processes were several times slower; 0 = torch's default)")
-    p.add_argument("--data-root", default=None, help="data.root (MTL_DATA_DIR, when set, still wins)")
     p.add_argument("--skip-existing", action="store_true", help="keep finished runs with the same overrides")
     p.add_argument("--no-warmup-run", action="store_true", help="skip the untimed 3-step warm-up run")
-    p.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE",
-                   help="more Hydra overrides for every run (applied after the protocol's)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.command = common.command_line(__file__, argv)  # for the reports: how to rerun this comparison
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    import torch
-
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with common.torch_threads(args.threads):
         return compare(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -370,7 +332,7 @@ def compare(args: argparse.Namespace) -> int:
         names = sorted(wanted, key=lambda n: (n != "equal", names.index(n)))
     out = Path(args.out)
     base = protocol_overrides(args)
-    compose(base + balancer_overrides(names[0]))  # fail fast on a bad override
+    common.compose(base + common.balancer_overrides(names[0]))  # fail fast on a bad override
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     pending = [n for n in names if not (args.skip_existing and finished(n, base, out / "runs" / n))]

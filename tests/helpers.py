@@ -1,11 +1,57 @@
-"""Small stand-ins shared by tests: an HF-shaped toy encoder and random batches."""
+"""Small stand-ins shared by tests: an HF-shaped toy encoder, random batches, and the setup of tiny
+end-to-end runs (config composition, fixture-data-only environment)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import pytest
 import torch
 from torch import nn
+
+#: what every tiny end-to-end run shares: the random tiny encoder, mean pooling, a high flat learning rate
+TINY_RUN = (
+    "encoder=tiny_random", "encoder.pooling=mean", "trainer.progress=false",
+    "optim.lr=3e-3", "optim.head_lr=3e-3", "optim.warmup=0",
+)
+
+
+def compose_train(*overrides: str) -> Any:
+    """The ``train`` config from ``configs/`` with Hydra ``overrides`` (a later value for a key wins)."""
+    from hydra import compose, initialize_config_dir
+
+    from mtl.cli.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def tiny_run_cfg(data_root: Path, *overrides: str) -> Any:
+    """A tiny run on the fixture data under ``data_root``: :data:`TINY_RUN`, then ``overrides``."""
+    return compose_train(*TINY_RUN, f"data.root={data_root}", *overrides)
+
+
+def no_plots(*args: Any, **kwargs: Any) -> list:
+    """Stands in for ``write_run_plots_after_fit`` where the plots are not what a test checks (saves time)."""
+    return []
+
+
+def tiny_run_env(monkeypatch: pytest.MonkeyPatch, *, plots: bool = True, one_thread: bool = False) -> Iterator[None]:
+    """(Generator for an autouse fixture.) Runs read the fixture data only (``MTL_DATA_DIR`` unset);
+    ``plots=False`` skips the end-of-run plots; ``one_thread=True`` runs torch single-threaded."""
+    from mtl.training import run as run_mod
+    from tests.toy_trainer import single_thread
+
+    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
+    if not plots:
+        monkeypatch.setattr(run_mod, "write_run_plots_after_fit", no_plots)
+    if one_thread:
+        yield from single_thread()
+    else:
+        yield
 
 
 class ToyEncoder(nn.Module):

@@ -273,6 +273,31 @@ def test_clue_json_bad_rows(tmp_path: Path, line: str, reason: str) -> None:
     assert len(examples) == 1 and report.n_skipped == 1 and report.rows == 2
 
 
+
+@pytest.mark.parametrize("reader", ["tianchi_tsv", "clue_json"])
+@pytest.mark.parametrize(
+    ("raw", "reason", "value"),
+    [(b"   ", "blank line", "'   '"), (b"\xff\xfe", "not valid UTF-8", "'\ufffd\ufffd'")],
+)
+def test_line_readers_share_blank_and_undecodable_line_handling(
+    tmp_path: Path, reader: str, raw: bytes, reason: str, value: str
+) -> None:
+    """Both line-based readers count every line and report blank/undecodable ones alike."""
+    if reader == "tianchi_tsv":
+        good, make_spec = ["0\ta\tb\t0", "1\tc\td\t1"], ocnli_spec
+    else:
+        good = [json.dumps({"sentence1": s, "sentence2": "y", "label": "neutral", "id": i}) for i, s in enumerate("ac")]
+        make_spec = clue_spec
+    path = tmp_path / "rows.txt"
+    path.write_bytes(good[0].encode() + b"\n" + raw + b"\n" + good[1].encode() + b"\n")
+    with pytest.raises(BadRowError) as info:
+        get_reader(reader)(make_spec(path))
+    assert f"{path}, line 2: {reason}" in str(info.value) and value in str(info.value)
+    examples, report = get_reader(reader)(make_spec(path, on_bad_row="skip"))
+    assert [e.line for e in examples] == [1, 3]
+    assert report.rows == 3 and report.kept == 2 and report.n_skipped == 1
+    assert [k for k in report.skipped if k.startswith(reason)] and report.skipped_excerpts[0].startswith("line 2: ")
+
 def test_hf_dataset_reader_maps_fields_and_class_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 

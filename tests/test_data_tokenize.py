@@ -9,46 +9,18 @@ import datasets
 import pytest
 import torch
 
-from mtl.data.fixtures import _FILLER
 from mtl.data.loading import collate, examples_fingerprint, tokenize_examples
 from mtl.data.readers import Example
+from mtl.models.encoder import tiny_tokenizer
 
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-
-def tiny_tokenizer(extra: str = "", name: str = ""):
-    """A character-level WordPiece tokenizer over the fixture's characters (no downloads)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    chars = sorted(
-        set(
-            _FILLER
-            + '肯定确实也许可能绝对没有开心快乐伤心难过,?!."abcdefghijklmnopqrstuvwxyz0123456789'
-            + extra
-        )
-    )
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + chars)}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Split("", "isolated")]
-    )
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-    tok.name_or_path = name
+def other_tokenizer(*, extra_token: str = "", name: str = ""):
+    """The library's character-level tiny tokenizer, with one more vocabulary entry and/or another name."""
+    tok = tiny_tokenizer()
+    if extra_token:
+        tok.add_tokens([extra_token])
+    if name:
+        tok.name_or_path = name
     return tok
 
 
@@ -110,8 +82,8 @@ def test_cache_reuse(
         ((PAIRS, tokenizer, 16), ["normalize=True"]),
         ((PAIRS, tokenizer, 32), ["normalize=False"]),
         ((PAIRS[:2], tokenizer, 32), ["normalize=True"]),
-        ((PAIRS, tiny_tokenizer(extra="龘"), 32), ["normalize=True"]),
-        ((PAIRS, tiny_tokenizer(name="other/name"), 32), ["normalize=True"]),
+        ((PAIRS, other_tokenizer(extra_token="[NEW]"), 32), ["normalize=True"]),
+        ((PAIRS, other_tokenizer(name="other/name"), 32), ["normalize=True"]),
     ]:
         ds = tokenize_examples(*args, cache_dir=tmp_path, fingerprint_parts=parts)  # type: ignore[misc]
         names.add(Path(ds.cache_files[0]["filename"]).name)

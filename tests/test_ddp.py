@@ -18,14 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mtl.cli.train import CONFIG_DIR
 from mtl.training import checkpoint as ckpt
-from mtl.training import run as run_mod
 from mtl.training.run import run
-from tests.toy_trainer import single_thread
+from tests.helpers import no_plots, tiny_run_cfg, tiny_run_env
 
 B = 4  # rows per task per rank
 
@@ -37,29 +34,16 @@ CASES = {
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    yield from single_thread()
-
-
-@pytest.fixture(autouse=True)
-def _fixture_data_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
-    monkeypatch.setattr(run_mod, "write_run_plots_after_fit", _no_plots)  # not what is tested here: saves time
-
-
-def _no_plots(*args, **kwargs) -> list:
-    return []
+def _tiny_runs(monkeypatch: pytest.MonkeyPatch):
+    yield from tiny_run_env(monkeypatch, plots=False, one_thread=True)  # plots: not tested here, saves time
 
 
 def cfg_for(data_root: Path, batch_size: int, extra: tuple[str, ...]):
-    overrides = [
-        "encoder=tiny_random", f"data.root={data_root}", f"data.batch_size={batch_size}", "encoder.pooling=mean",
-        "+encoder.kwargs.hidden_dropout_prob=0.0", "+encoder.kwargs.attention_probs_dropout_prob=0.0",
-        "model.dropout=0.0", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.checkpoint_every=3",
-        "trainer.progress=false", "optim.lr=3e-3", "optim.head_lr=3e-3", "optim.warmup=0", *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = tiny_run_cfg(
+        data_root, f"data.batch_size={batch_size}", "+encoder.kwargs.hidden_dropout_prob=0.0",
+        "+encoder.kwargs.attention_probs_dropout_prob=0.0", "model.dropout=0.0", "trainer.max_steps=6",
+        "trainer.eval_every=3", "trainer.checkpoint_every=3", *extra,
+    )
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # plain, picklable, resolved here
 
 
@@ -80,7 +64,7 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
     torch.set_num_threads(1)
     from mtl.training import run as run_module
 
-    run_module.write_run_plots_after_fit = _no_plots
+    run_module.write_run_plots_after_fit = no_plots
     info = mdist.init_distributed()
     assert info.world_size == world and info.created and dist.get_backend() == "gloo"
     try:

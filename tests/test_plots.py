@@ -7,28 +7,22 @@ import logging
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mtl.cli.train import CONFIG_DIR
 from mtl.evaluation import plots
 from mtl.training.run import run
+from tests.helpers import tiny_run_cfg, tiny_run_env
 
 PNGS = ("curves.png", "balancer_weights.png", "sampler_proportions.png", "confusion_matrices.png")
 
 
 def tiny(data_root: Path, *extra: str):
-    overrides = [
-        "encoder=tiny_random", f"data.root={data_root}", "data.batch_size=16", "encoder.pooling=mean",
-        "trainer.max_steps=10", "trainer.eval_every=5", "trainer.log_every=2", "trainer.progress=false",
-        "optim.lr=3e-3", "optim.head_lr=3e-3", "optim.warmup=0", *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return tiny_run_cfg(data_root, "data.batch_size=16", "trainer.max_steps=10", "trainer.eval_every=5",
+                        "trainer.log_every=2", *extra)
 
 
 @pytest.fixture(autouse=True)
-def _fixture_data_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
+def _fixture_data_only(monkeypatch: pytest.MonkeyPatch):
+    yield from tiny_run_env(monkeypatch)
 
 
 def test_run_writes_plots_and_best_dev_predictions(fixture_data_root: Path, tmp_path: Path) -> None:

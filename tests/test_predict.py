@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from mtl.cli.predict import main as predict_main
-from mtl.cli.train import CONFIG_DIR
 from mtl.data.fixtures import OCEMOTION_LABELS, OCNLI_LABELS, TNEWS_LABELS
 from mtl.evaluation.predict import load_checkpoint, validate_submission, write_submission
 from mtl.training.run import run
+from tests.helpers import tiny_run_cfg, tiny_run_env
 
 FILES = {"ocnli": "ocnli_predict.json", "ocemotion": "ocemotion_predict.json", "tnews": "tnews_predict.json"}
 TEST_A = {"ocnli": "OCNLI_a.csv", "ocemotion": "OCEMOTION_a.csv", "tnews": "TNEWS_a.csv"}
@@ -24,23 +23,17 @@ LABELS = {"ocnli": OCNLI_LABELS, "ocemotion": OCEMOTION_LABELS, "tnews": TNEWS_L
 @pytest.fixture(scope="module")
 def trained(fixture_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run_dir = tmp_path_factory.mktemp("run")
-    overrides = [
-        "encoder=tiny_random", f"data.root={fixture_data_root}", "data.batch_size=16", "encoder.pooling=mean",
-        "trainer.max_steps=10", "trainer.eval_every=5", "trainer.progress=false",
-        "optim.lr=3e-3", "optim.head_lr=3e-3", "optim.warmup=0",
-    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MTL_DATA_DIR", raising=False)
         mp.setenv("MTL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
+        cfg = tiny_run_cfg(fixture_data_root, "data.batch_size=16", "trainer.max_steps=10", "trainer.eval_every=5")
         metrics = run(cfg, run_dir)
     return run_dir, metrics
 
 
 @pytest.fixture(autouse=True)
-def _fixture_data_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
+def _fixture_data_only(monkeypatch: pytest.MonkeyPatch):
+    yield from tiny_run_env(monkeypatch)
 
 
 def test_checkpoint_rebuilds_the_trained_model(trained: tuple[Path, dict]) -> None:

@@ -7,18 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from mtl.cli.train import CONFIG_DIR
 from mtl.training import checkpoint as ckpt
 from mtl.training import run as run_mod
 from mtl.training.run import run
-from tests.toy_trainer import single_thread, toy_trainer
+from tests.helpers import tiny_run_cfg, tiny_run_env
+from tests.toy_trainer import toy_trainer
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    yield from single_thread()
+def _tiny_runs(monkeypatch: pytest.MonkeyPatch):
+    yield from tiny_run_env(monkeypatch, plots=False, one_thread=True)  # plots: not tested here, saves time
 
 
 # metrics that must agree between the uninterrupted and the resumed run (timings naturally differ)
@@ -26,22 +25,13 @@ SAME = ("avg_macro_f1", "best_step", "tasks", "last", "steps", "history", "sampl
         "nonfinite_steps_skipped")
 
 
-@pytest.fixture(autouse=True)
-def _fixture_data_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
-    monkeypatch.setattr(run_mod, "write_run_plots_after_fit", lambda *a, **k: [])  # not tested here: saves time
-
-
 def cfg_for(data_root: Path, *extra: str):
-    overrides = [
-        "encoder=tiny_random", f"data.root={data_root}", "data.batch_size=8", "encoder.pooling=mean",
-        "trainer.max_steps=16", "trainer.eval_every=6", "trainer.checkpoint_every=5", "trainer.progress=false",
-        "optim.lr=3e-3", "optim.head_lr=3e-3", "optim.warmup=0.2",
+    return tiny_run_cfg(
+        data_root, "data.batch_size=8", "trainer.max_steps=16", "trainer.eval_every=6", "trainer.checkpoint_every=5",
+        "optim.warmup=0.2",
         # dropout stays on (model 0.1, encoder 0.1): the RNG state must be restored exactly
         *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
+    )
 
 
 class Killed(RuntimeError):

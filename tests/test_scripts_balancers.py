@@ -49,6 +49,7 @@ def test_compare_balancers_writes_table_and_json(fixture_data_root: Path, tmp_pa
     rows = {r["balancer"]: r for r in data["results"]}
     assert list(rows) == names  # equal first, then the order asked for
     assert "sampler=all_tasks" in data["protocol"]["overrides"]
+    assert data["command"] == "python scripts/compare_balancers.py " + " ".join(argv)
     for name, r in rows.items():
         assert r["status"] == "ok" and r["reused"] is False
         assert set(r["macro_f1"]) == {"ocnli", "ocemotion", "tnews"}
@@ -100,6 +101,7 @@ def test_bench_balancers_writes_ratios(fixture_data_root: Path, tmp_path: Path) 
     assert data["targets"] == {"representation": 1.15, "parameters": 3.5}
     assert data["setup"]["timed_steps"] == 2 and data["setup"]["equal_every"] == 2
     assert "mtl/training/gradients.py" in data["setup"]["source_sha1"]
+    assert data["command"] == "python scripts/bench_balancers.py " + " ".join(argv)
     for r in results.values():
         assert finite(r["ratio_to_equal"]) and r["ratio_to_equal"] > 0
         assert r["ratio_q25"] <= r["ratio_to_equal"] <= r["ratio_q75"]

@@ -6,33 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mtl.cli.train import CONFIG_DIR
 from mtl.training.run import run
+from tests.helpers import tiny_run_cfg, tiny_run_env
 
 
 def tiny_cfg(data_root: Path, *extra: str):
-    overrides = [
-        "encoder=tiny_random",
-        f"data.root={data_root}",
-        "data.batch_size=16",
-        "encoder.pooling=mean",
-        "trainer.max_steps=120",
-        "trainer.eval_every=60",
-        "trainer.progress=false",
-        "optim.lr=3e-3",
-        "optim.head_lr=3e-3",
-        "optim.warmup=0",
-        *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return tiny_run_cfg(data_root, "data.batch_size=16", "trainer.max_steps=120", "trainer.eval_every=60", *extra)
 
 
 @pytest.fixture(autouse=True)
-def _fixture_data_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
+def _fixture_data_only(monkeypatch: pytest.MonkeyPatch):
+    yield from tiny_run_env(monkeypatch)
 
 
 def test_training_lowers_dev_loss_and_writes_run_files(fixture_data_root: Path, tmp_path: Path) -> None:

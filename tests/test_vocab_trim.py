@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from mtl.cli.train import CONFIG_DIR
 from mtl.data.loading import collate, load_task, tokenize_examples
 from mtl.models.encoder import tiny_random_encoder
 from mtl.models.multitask import MultiTaskModel
@@ -17,18 +15,12 @@ from mtl.models.vocab_trim import RemappedEmbedding, restore_trimmed_embeddings,
 from mtl.training import checkpoint as ckpt
 from mtl.training import run as run_mod
 from mtl.training.run import run
-from tests.toy_trainer import single_thread
+from tests.helpers import compose_train, tiny_run_env
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    yield from single_thread()
-
-
-@pytest.fixture(autouse=True)
-def _fixture_data_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MTL_DATA_DIR", raising=False)
-    monkeypatch.setattr(run_mod, "write_run_plots_after_fit", lambda *a, **k: [])
+def _tiny_runs(monkeypatch: pytest.MonkeyPatch):
+    yield from tiny_run_env(monkeypatch, plots=False, one_thread=True)
 
 
 def test_remapped_embedding_maps_kept_ids_to_their_rows_and_others_to_unk() -> None:
@@ -46,8 +38,7 @@ def test_remapped_embedding_maps_kept_ids_to_their_rows_and_others_to_unk() -> N
 
 
 def fixture_sets(root: Path, tokenizer):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["encoder=tiny_random", f"data.root={root}"])
+    cfg = compose_train("encoder=tiny_random", f"data.root={root}")
     out = []
     for task in ("ocnli", "tnews"):
         td = load_task(task, cfg.tasks[task], cfg.data)
@@ -94,8 +85,7 @@ def test_run_with_trimmed_frozen_vocabulary(fixture_data_root: Path, tmp_path: P
         "trainer.eval_every=6", "trainer.checkpoint_every=3", "trainer.progress=false",
         "encoder.trim_vocab=true", "encoder.freeze_embeddings=true", "optim.lr=3e-3",
     ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(*overrides)
     captured = {}
     original = run_mod.Trainer.fit
 
@@ -117,10 +107,5 @@ def test_run_with_trimmed_frozen_vocabulary(fixture_data_root: Path, tmp_path: P
     state = ckpt.load(tmp_path / "checkpoints" / "best.pt")["model"]
     assert state["encoder.embeddings.word_embeddings.weight"].shape[0] == emb.num_embeddings
     # resuming rebuilds the same trimmed model (same data -> same rows), so the full state loads
-    again = run(compose_again(overrides + ["trainer.resume=auto"]), tmp_path)
+    again = run(compose_train(*overrides, "trainer.resume=auto"), tmp_path)
     assert again["steps"] == 6
-
-
-def compose_again(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)

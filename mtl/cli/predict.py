@@ -14,16 +14,19 @@ import logging
 import sys
 from pathlib import Path
 
+from mtl.cli import common
 from mtl.evaluation.metrics import TaskScores, format_table
+
+PROG = "mtl-predict"
+DESCRIPTION = (
+    "Load a run's best checkpoint and predict the unlabelled Tianchi test A/B files of all its tasks into the "
+    "submission zip (result.zip with ocnli_predict.json, ocemotion_predict.json, tnews_predict.json), or score "
+    "it on labelled data."
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="mtl-predict",
-        description="Load a run's best checkpoint and predict the unlabelled Tianchi test A/B files of all its "
-        "tasks into the submission zip (result.zip with ocnli_predict.json, ocemotion_predict.json, "
-        "tnews_predict.json), or score it on labelled data.",
-    )
+    p = common.parser(PROG, DESCRIPTION)
     p.add_argument("checkpoint", help="a run directory, its checkpoints/ folder or a .pt checkpoint file")
     p.add_argument("--split", choices=["a", "b", "dev"], default=None,
                    help="a / b: the unlabelled test set for the submission; dev: re-create and score the dev split")
@@ -86,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predictions and scores.json in {out}")
         return 0
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
-        print(f"mtl-predict: {exc}", file=sys.stderr)
-        return 1
+        return common.fail(PROG, exc, 1)
 
 
 if __name__ == "__main__":

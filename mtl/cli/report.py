@@ -9,16 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtl.cli import common
 from mtl.evaluation.report import IGNORED_KEYS, NoRunsFoundError, to_markdown, write_report
+
+PROG = "mtl-report"
+DESCRIPTION = (
+    "Find run directories (config.yaml + metrics.json) under the given paths, group them by configuration (all "
+    "resolved config keys except seed, name, paths and logging), aggregate dev macro-F1 over seeds and write "
+    "report.md, report.json and report.png."
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="mtl-report",
-        description="Find run directories (config.yaml + metrics.json) under the given paths, group them by "
-        "configuration (all resolved config keys except seed, name, paths and logging), aggregate dev "
-        "macro-F1 over seeds and write report.md, report.json and report.png.",
-    )
+    p = common.parser(PROG, DESCRIPTION)
     p.add_argument("paths", nargs="+", help="run directories, multirun sweep folders or any folder above them")
     p.add_argument("--out", default=None, help="where to write the report (default: the first path)")
     p.add_argument(
@@ -35,11 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = write_report(args.paths, args.out, (*IGNORED_KEYS, *args.ignore), args.sort_by)
     except NoRunsFoundError as exc:
-        print(f"mtl-report: {exc}", file=sys.stderr)
-        return 2
+        return common.fail(PROG, exc, 2)
     except KeyError as exc:
-        print(f"mtl-report: unknown --sort-by {args.sort_by!r} ({exc})", file=sys.stderr)
-        return 2
+        return common.fail(PROG, f"unknown --sort-by {args.sort_by!r} ({exc})", 2)
     print(to_markdown(report, report["files"].get("plot")))
     print("written: " + ", ".join(report["files"].values()))
     if "plot_error" in report:

@@ -289,6 +289,23 @@ def _decode(sink: _RowSink, number: int, chunk: bytes) -> str | None:
         return None
 
 
+def _text_rows(sink: _RowSink, path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, decoded line)`` for every line that is worth parsing.
+
+    Why one place: every line-based reader must count each line as a row and route undecodable or blank
+    lines through ``sink.bad`` (an error naming file, line and value, or a counted skip) in the same way.
+    """
+    for number, chunk in _lines(path):
+        sink.report.rows += 1
+        line = _decode(sink, number, chunk)
+        if line is None:
+            continue
+        if not line.strip():
+            sink.bad(number, "blank line", line)
+            continue
+        yield number, line
+
+
 # ---------------------------------------------------------------------------------------------------------
 # readers
 
@@ -315,14 +332,7 @@ def read_tianchi_tsv(spec: ReadSpec) -> tuple[list[Example], ReadReport]:
     label_idx = columns.index(spec.label_column) if spec.labels is not None and spec.label_column else None
 
     sink = _RowSink(spec)
-    for number, chunk in _lines(path):
-        sink.report.rows += 1
-        line = _decode(sink, number, chunk)
-        if line is None:
-            continue
-        if not line.strip():
-            sink.bad(number, "blank line", line)
-            continue
+    for number, line in _text_rows(sink, path):
         fields = line.split("\t")
         if len(fields) != len(columns):
             sink.bad(
@@ -366,14 +376,7 @@ def read_clue_json(spec: ReadSpec) -> tuple[list[Example], ReadReport]:
     """
     path = _require_file(spec)
     sink = _RowSink(spec)
-    for number, chunk in _lines(path):
-        sink.report.rows += 1
-        line = _decode(sink, number, chunk)
-        if line is None:
-            continue
-        if not line.strip():
-            sink.bad(number, "blank line", line)
-            continue
+    for number, line in _text_rows(sink, path):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -56,6 +56,33 @@ def load(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=False)
 
 
+#: optimiser settings that follow the device this run is on, not the checkpoint
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this run's choice of implementation.
+
+    torch restores every param group's ``fused``/``foreach``/``capturable`` from the checkpoint, so a
+    run written on the CPU and resumed on a GPU would lose fused AdamW (and under fp16 crash: the
+    GradScaler still treats the optimiser as fused and hands its step an inf flag the unfused
+    implementation refuses), and a GPU run resumed on the CPU would switch to the CPU's fused kernel.
+    The step counters go where the kept implementation wants them: float32 on the parameter's
+    device (fused, capturable), a CPU scalar otherwise.
+    """
+    chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, impl in zip(optimizer.param_groups, chosen, strict=True):
+        group.update(impl)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                optimizer.state[p]["step"] = (
+                    step.to(device=p.device, dtype=torch.float32) if on_device else step.to("cpu")
+                )
+
+
 def resolve_resume(spec: Any, run_dir: str | Path) -> Path | None:
     """The checkpoint file ``trainer.resume`` points at, or None to start fresh."""
     if spec is None or spec is False or str(spec).strip().lower() in ("", "none", "null", "false", "no"):

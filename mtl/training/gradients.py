@@ -12,7 +12,8 @@ Three ways, one "weights" contract (see ``mtl.balancers.base``):
   Cost: about one equal-sum step.
 * ``parameters``: one backward per task graph (graphs are separate, so this costs about what
   one backward of the sum costs); each task's gradient on all shared parameters is flattened
-  into a row of ``J``; ``G = J J^T``; the shared update is ``w @ J``.
+  into a row of ``J``; ``G = J J^T``; the shared update is ``w @ J``. ``J`` lives in a buffer the
+  engine keeps from step to step (no fresh ``T x P`` allocation per step, see ``_jacobian``).
 
 Task-specific heads always keep their own task's (unweighted) gradient in the gradient modes.
 Losses may be scaled (fp16 ``GradScaler``): gradients are unscaled before the Gramian so
@@ -131,6 +132,25 @@ def _all_reduce_mean(t: Tensor) -> Tensor:
     return mdist.all_reduce_(t, "mean")
 
 
+def gramian_of(rows: Tensor) -> Tensor:
+    """``rows @ rows.T`` as a float64 CPU tensor, accurate to float64 rounding of float32 products.
+
+    Why not one float32 matmul: over millions of columns (the parameter-mode Jacobian) a single
+    float32 product loses about 1e-3 of relative accuracy, and on a GPU with TF32 on (the default)
+    every product does. MGDA, CAGrad or Nash-MTL decide on small differences between nearly parallel
+    task gradients, so the Gramian sums column chunks in float64: on the CPU float32 chunk products
+    (as fast as one matmul), on accelerators float64 products (TF32 never applies to them).
+    """
+    on_cpu = rows.device.type == "cpu"
+    chunk = 1 << 16 if on_cpu else 1 << 22
+    out = torch.zeros(rows.shape[0], rows.shape[0], dtype=torch.float64, device=rows.device)
+    for start in range(0, rows.shape[1], chunk):
+        block = rows[:, start : start + chunk]
+        block = block.float() if on_cpu else block.double()
+        out += (block @ block.T).double()
+    return out.cpu()
+
+
 def _take_grads(params: Sequence[nn.Parameter]) -> dict[nn.Parameter, Tensor]:
     """Move the current ``.grad`` of ``params`` out (``.grad`` becomes None)."""
     out = {}
@@ -159,6 +179,58 @@ def _combine(params: Sequence[nn.Parameter], stashes: Sequence[dict[nn.Parameter
             p.grad = total
 
 
+class _Tally:
+    """The step's per-task figures the balancer sees: full-batch loss, correct predictions and rows.
+
+    Why one place: every mode must report the same full-batch values however a task's batch was cut
+    into micro-batches (a chunk of ``frac`` of the rows carries ``frac`` of the mean loss).
+    """
+
+    def __init__(self) -> None:
+        self.tasks: list[str] = []
+        self.losses: list[Tensor | None] = []  # detached; None until the task's first micro-batch
+        self.corrects: list[Tensor | None] = []
+        self.counts: list[int] = []
+
+    def open(self, task: str) -> None:
+        """Start the next task; the following :meth:`add` calls are its micro-batches."""
+        self.tasks.append(task)
+        self.losses.append(None)
+        self.corrects.append(None)
+        self.counts.append(0)
+
+    def add(self, loss: Tensor, correct: Tensor, frac: float, rows: int) -> None:
+        """Add one micro-batch of the current task (``frac``: its share of the task's rows)."""
+        part = loss.detach() * frac
+        total, right = self.losses[-1], self.corrects[-1]
+        self.losses[-1] = part if total is None else total + part
+        self.corrects[-1] = correct if right is None else right + correct
+        self.counts[-1] += rows
+
+
+@torch.no_grad()
+def _store_flat_grads(row: Tensor, params: Sequence[nn.Parameter], grads: Sequence[Tensor | None],
+                      first: bool) -> None:
+    """Write (``first``) or add the gradients of ``params`` into their slices of one Jacobian row.
+
+    Why write rather than zero-fill and add: the row lives in a buffer reused across steps, so the first
+    micro-batch must overwrite every slice (zeros where the task leaves a parameter unused).
+    """
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = p.numel()
+        dst = row[offset : offset + n]
+        if g is not None:
+            src = g.reshape(-1)
+            if first:
+                dst.copy_(src)  # converts to the row's float32
+            else:
+                dst.add_(src.float())
+        elif first:
+            dst.zero_()
+        offset += n
+
+
 class GradientEngine:
     """Computes a step's gradients into ``.grad`` for the mode the balancer needs."""
 
@@ -180,6 +252,7 @@ class GradientEngine:
         self.loss_scale = loss_scale or (lambda x: x)  # fp16 GradScaler.scale, identity otherwise
         self.scale_value = scale_value or (lambda: 1.0)
         self.accum_steps = int(accum_steps)
+        self._jac_buffer: Tensor | None = None  # parameters mode: see _jacobian
 
     # ------------------------------------------------------------------ entry point
     def step(
@@ -200,6 +273,8 @@ class GradientEngine:
     def _micro(self, b: Batch | Sequence[Batch]) -> list[Batch]:
         if isinstance(b, Mapping):
             return split_batch(b, self.accum_steps) if self.accum_steps > 1 else [b]
+        if not b:
+            raise ValueError("a task's list of micro-batches is empty")
         return list(b)
 
     @staticmethod
@@ -208,8 +283,9 @@ class GradientEngine:
         total = sum(sizes)
         return [n / total for n in sizes]
 
-    def _input(self, tasks, losses, corrects, counts, step, max_steps, task_metrics, gramian=None):
+    def _input(self, tally: _Tally, step, max_steps, task_metrics, gramian=None):
         """The balancer's input (losses averaged, counts summed over ranks) and the accuracy counts."""
+        tasks, losses, corrects, counts = tally.tasks, tally.losses, tally.corrects, tally.counts
         stats = torch.stack(
             [
                 torch.stack([x.detach().float() for x in losses]),
@@ -239,44 +315,37 @@ class GradientEngine:
             return self._loss_mode_single(micro, step, max_steps, task_metrics)
         params = [p for p in self.model.parameters() if p.requires_grad]
         base = _take_grads(params)
-        tasks, losses, corrects, counts, stashes = [], [], [], [], []
+        tally, stashes = _Tally(), []
         for task, mbs in micro.items():
-            total, correct = None, None
+            tally.open(task)
             for mb, frac in zip(mbs, self._fractions(mbs), strict=True):
                 with self.autocast():
                     loss, c = _task_loss(self.model, task, self.model.encode(mb), mb)
                 self.loss_scale(loss * frac).backward()
-                part = loss.detach() * frac
-                total = part if total is None else total + part
-                correct = c if correct is None else correct + c
-            tasks.append(task)
-            losses.append(total)
-            corrects.append(correct)
-            counts.append(sum(batch_rows(mb) for mb in mbs))
+                tally.add(loss, c, frac, batch_rows(mb))
             stashes.append(_take_grads(params))
-        inp, correct_d = self._input(tasks, losses, corrects, counts, step, max_steps, task_metrics)
+        inp, correct_d = self._input(tally, step, max_steps, task_metrics)
         w = self.balancer.compute(inp)
         # the balancer's own parameters (e.g. uncertainty's log-variances) learn through sum(w * L) + reg,
         # with this rank's full-batch losses as constants: the same gradient the one-pass objective gives them
-        objective = (w * torch.stack(losses).to(w.device)).sum()
+        objective = (w * torch.stack(tally.losses).to(w.device)).sum()
         reg = self.balancer.regularizer()
         if reg is not None:
             objective = objective + reg.to(objective.device)
         if objective.requires_grad:
             self.loss_scale(objective).backward()
         _combine(params, stashes, [float(x) for x in w.detach().cpu().tolist()], base)
-        return StepGradients(tasks, inp.losses, w.detach().cpu(), inp, correct_d)
+        return StepGradients(tally.tasks, inp.losses, w.detach().cpu(), inp, correct_d)
 
     def _loss_mode_single(self, micro, step, max_steps, task_metrics) -> StepGradients:
-        tasks, losses, corrects, counts = [], [], [], []
+        tally, losses = _Tally(), []  # losses keep their graphs: one backward of the weighted sum
         with self.autocast():
             for task, (batch,) in micro.items():
                 loss, c = _task_loss(self.model, task, self.model.encode(batch), batch)
-                tasks.append(task)
+                tally.open(task)
+                tally.add(loss, c, 1.0, batch_rows(batch))
                 losses.append(loss)
-                corrects.append(c)
-                counts.append(batch_rows(batch))
-        inp, correct_d = self._input(tasks, losses, corrects, counts, step, max_steps, task_metrics)
+        inp, correct_d = self._input(tally, step, max_steps, task_metrics)
         w = self.balancer.compute(inp)
         w_dev = w.to(losses[0].device)
         objective = (w_dev * torch.stack(losses)).sum()
@@ -284,17 +353,18 @@ class GradientEngine:
         if reg is not None:
             objective = objective + reg.to(objective.device)
         self.loss_scale(objective).backward()
-        return StepGradients(tasks, inp.losses, w.detach().cpu(), inp, correct_d)
+        return StepGradients(tally.tasks, inp.losses, w.detach().cpu(), inp, correct_d)
 
     # ------------------------------------------------------------------ representation gradients
     def _representation_mode(self, micro, step, max_steps, task_metrics) -> StepGradients:
         single = all(len(m) == 1 for m in micro.values())
         shared = self.model.shared_parameters()
         base = {} if single else _take_grads(shared)
-        tasks, losses, corrects, counts = [], [], [], []
+        tally = _Tally()
         vectors, reps, rep_grads, stashes = [], [], [], []
         for task, mbs in micro.items():
-            total, correct, vec = None, None, None
+            tally.open(task)
+            vec = None
             for mb, frac in zip(mbs, self._fractions(mbs), strict=True):
                 with self.autocast():
                     z = self.model.encode(mb)
@@ -305,9 +375,7 @@ class GradientEngine:
                 gz = z_leaf.grad
                 v = gz.float().sum(0)
                 vec = v if vec is None else vec + v
-                part = loss.detach() * frac
-                total = part if total is None else total + part
-                correct = c if correct is None else correct + c
+                tally.add(loss, c, frac, batch_rows(mb))
                 if single:  # keep the graph: one weighted encoder backward once the weights are known
                     reps.append(z)
                     rep_grads.append(gz)
@@ -315,15 +383,11 @@ class GradientEngine:
                     torch.autograd.backward(z, gz)
             if not single:
                 stashes.append(_take_grads(shared))
-            tasks.append(task)
-            losses.append(total)
-            corrects.append(correct)
-            counts.append(sum(batch_rows(mb) for mb in mbs))
             vectors.append(vec)
         vectors_t = torch.stack(vectors) / self.scale_value()  # [T, H], unscaled
         vectors_t = _all_reduce_mean(vectors_t)
-        gramian = (vectors_t @ vectors_t.T).cpu().double()
-        inp, correct_d = self._input(tasks, losses, corrects, counts, step, max_steps, task_metrics, gramian)
+        gramian = gramian_of(vectors_t)
+        inp, correct_d = self._input(tally, step, max_steps, task_metrics, gramian)
         w = self.balancer.compute(inp).detach()
         weights = [float(x) for x in w.cpu().tolist()]
         if single:
@@ -331,42 +395,31 @@ class GradientEngine:
             torch.autograd.backward(reps, grads)
         else:
             _combine(shared, stashes, weights, base)
-        return StepGradients(tasks, inp.losses, w.cpu(), inp, correct_d, gramian)
+        return StepGradients(tally.tasks, inp.losses, w.cpu(), inp, correct_d, gramian)
 
     # ------------------------------------------------------------------ full-parameter gradients
     def _parameter_mode(self, micro, step, max_steps, task_metrics) -> StepGradients:
         shared = self.model.shared_parameters()
         numel = sum(p.numel() for p in shared)
         device = shared[0].device
-        jac = torch.zeros(len(micro), numel, device=device, dtype=torch.float32)
-        tasks, losses, corrects, counts = [], [], [], []
+        jac = self._jacobian(len(micro), numel, device)
+        tally = _Tally()
         for i, (task, mbs) in enumerate(micro.items()):
             head_params = self.model.head_parameters(task)
-            total, correct = None, None
-            for mb, frac in zip(mbs, self._fractions(mbs), strict=True):
+            tally.open(task)
+            for j, (mb, frac) in enumerate(zip(mbs, self._fractions(mbs), strict=True)):
                 with self.autocast():
                     loss, c = _task_loss(self.model, task, self.model.encode(mb), mb)
                 grads = torch.autograd.grad(self.loss_scale(loss * frac), shared + head_params, allow_unused=True)
-                offset = 0
-                for p, g in zip(shared, grads[: len(shared)], strict=True):
-                    n = p.numel()
-                    if g is not None:
-                        jac[i, offset : offset + n] += g.reshape(-1).float()
-                    offset += n
+                _store_flat_grads(jac[i], shared, grads[: len(shared)], first=j == 0)
                 for p, g in zip(head_params, grads[len(shared) :], strict=True):
                     if g is not None:
                         p.grad = g if p.grad is None else p.grad + g
-                part = loss.detach() * frac
-                total = part if total is None else total + part
-                correct = c if correct is None else correct + c
-            tasks.append(task)
-            losses.append(total)
-            corrects.append(correct)
-            counts.append(sum(batch_rows(mb) for mb in mbs))
+                tally.add(loss, c, frac, batch_rows(mb))
         scale = self.scale_value()
         jac = _all_reduce_mean(jac)
-        gramian = ((jac @ jac.T) / (scale * scale)).cpu().double()
-        inp, correct_d = self._input(tasks, losses, corrects, counts, step, max_steps, task_metrics, gramian)
+        gramian = gramian_of(jac) / (scale * scale)
+        inp, correct_d = self._input(tally, step, max_steps, task_metrics, gramian)
         w = self.balancer.compute(inp).detach()
         update = w.to(device=device, dtype=jac.dtype) @ jac  # still scaled like the losses
         offset = 0
@@ -375,4 +428,20 @@ class GradientEngine:
             g = update[offset : offset + n].view_as(p).to(p.dtype)
             p.grad = g if p.grad is None else p.grad + g
             offset += n
-        return StepGradients(tasks, inp.losses, w.cpu(), inp, correct_d, gramian, shared_grads_reduced=True)
+        return StepGradients(tally.tasks, inp.losses, w.cpu(), inp, correct_d, gramian, shared_grads_reduced=True)
+
+    def _jacobian(self, rows: int, numel: int, device: torch.device) -> Tensor:
+        """A ``rows x numel`` float32 Jacobian, a view of a buffer kept from step to step.
+
+        Why: on a CPU a fresh ``T x P`` tensor (258 MB for e5-small with frozen embeddings) is a new
+        memory mapping every step, and its page faults cost about as much as filling it. The buffer keeps
+        its largest row count (the tasks of a step vary with the sampler) and is replaced when the shared
+        parameters change size (freezing) or device. It holds no values between steps: every row is
+        overwritten (:func:`_store_flat_grads`) before it is read, and nothing the step returns or leaves
+        in ``.grad`` is a view of it (the Gramian and the update ``w @ J`` are new tensors).
+        """
+        buf = self._jac_buffer
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != numel or buf.device != device:
+            self._jac_buffer = buf = None  # free the old one before allocating its successor
+            buf = self._jac_buffer = torch.empty(rows, numel, device=device, dtype=torch.float32)
+        return buf[:rows]

@@ -117,7 +117,8 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # native bf16 only (Ampere+): pre-Ampere GPUs merely emulate it, slowly; fp16 + loss scaler there
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return "fp32"
     if name not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16, got {name!r}")
@@ -127,14 +128,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def enable_tf32() -> None:
-    """TF32 for fp32 matmuls and convolutions on Ampere+ GPUs (no effect on CPU)."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
-        matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:  # pragma: no cover - older torch
-        matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    """TF32 for fp32 matmuls and convolutions on Ampere+ GPUs (no effect on CPU).
+
+    Through the ``allow_tf32`` flags, which torch >= 2.9 mirrors into its ``fp32_precision`` settings.
+    Setting ``torch.backends.cuda.matmul.fp32_precision`` alone instead leaves the legacy state behind,
+    and every later ``torch.get_float32_matmul_precision()`` or ``matmul.allow_tf32`` read (Inductor's
+    GEMM autotuning under ``trainer.compile=max-autotune`` among them) raises "mix of the legacy and
+    new APIs".
+    """
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 class Trainer:
@@ -158,6 +161,9 @@ class Trainer:
         self.rank, self.world_size = mdist.get_rank(), mdist.get_world_size()
         self.is_main = self.rank == 0
         self.device = resolve_device(s.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # the "current" device is the one the CUDA RNG state is saved from, the bf16 check and NCCL use
+            torch.cuda.set_device(self.device)
         self.precision = resolve_precision(s.precision, self.device)
         if self.device.type == "cuda" and s.tf32:
             enable_tf32()
@@ -284,10 +290,10 @@ class Trainer:
         overflow = False
         unscaled = False
         if not bad:
-            scale_before = float(self.scaler.get_scale()) if fp16 else 1.0
             if fp16:
                 self.scaler.unscale_(self.optimizer)
                 unscaled = True
+            # the guard's one host sync per step (the losses are on the host already)
             if s.grad_clip:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, s.grad_clip))
             else:
@@ -295,7 +301,8 @@ class Trainer:
                 grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
             if not math.isfinite(grad_norm):
                 # fp16: an overflow while the scale is > 1 is the scaler's normal search for its scale
-                if fp16 and scale_before > 1.0:
+                # (read here, not every step: unscale_ leaves the scale as it was, update() changes it)
+                if fp16 and float(self.scaler.get_scale()) > 1.0:
                     overflow = True
                 else:
                     bad = ["(gradient)"]
@@ -493,7 +500,7 @@ class Trainer:
             if diff:
                 log.warning("resuming with a different configuration for: %s", ", ".join(diff[:20]))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
