@@ -24,7 +24,7 @@ from mtl.registry import import_modules
 from mtl.samplers import SAMPLERS, TaskSampler
 from mtl.training import distributed as mdist
 from mtl.training.loggers import build_logger, write_json
-from mtl.training.trainer import NullLogger, Trainer, TrainerSettings
+from mtl.training.trainer import NullLogger, Trainer, TrainerSettings, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if tr.get("max_epochs"):
         max_steps = int(round(float(tr.max_epochs) * sampler.steps_per_epoch(int(data_cfg.batch_size) * dist_info.world_size)))
         log.info("trainer.max_epochs=%s -> %d steps", tr.max_epochs, max_steps)
-    pin = torch.cuda.is_available()
+    pin = resolve_device(str(tr.device)).type == "cuda"  # page-locked host memory only feeds a GPU
     coll = collate(tokenizer)
     streams = {}
     for i, task in enumerate(task_names):
@@ -159,7 +159,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         )
         streams[task] = TaskStream(ds, bs, coll, num_workers=int(data_cfg.num_workers), pin_memory=pin)
     dev_loaders = {
-        t: DataLoader(dev_sets[t], batch_size=int(data_cfg.eval_batch_size), shuffle=False, collate_fn=coll)
+        t: DataLoader(dev_sets[t], batch_size=int(data_cfg.eval_batch_size), shuffle=False, collate_fn=coll,
+                      pin_memory=pin)
         for t in task_names
     }
     settings = TrainerSettings(
