@@ -19,6 +19,7 @@ from torch import nn
 
 from mtl.training import checkpoint as ckpt
 from mtl.training import distributed as mdist
+from mtl.training.run import pin_memory_for
 from mtl.training.trainer import Trainer, resolve_device, resolve_precision
 from tests.toy_trainer import flat_params, single_thread, toy_trainer
 
@@ -173,3 +174,14 @@ def test_resumed_optimizer_leaves_a_gpu_runs_fused_choice_behind(tmp_path) -> No
     opt.step()
     assert all(float(opt.state[p]["step"]) == 2.0 for p in lin.parameters())
 
+
+
+def test_host_memory_is_pinned_only_for_a_gpu_run(fake_gpu: None) -> None:
+    assert pin_memory_for("auto") and pin_memory_for("cuda") and pin_memory_for("cuda:0")
+    assert not pin_memory_for("cpu")  # a CPU run on a GPU machine
+
+
+def test_no_pinning_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only machine")
+    assert not pin_memory_for("auto") and not pin_memory_for("cpu")

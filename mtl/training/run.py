@@ -85,6 +85,12 @@ def _label_names(cfg: DictConfig, labels: dict[str, list[str]]) -> dict[str, lis
     return {t: [str(x) for x in (cfg.tasks[t].get("label_names") or labels[t])] for t in labels}
 
 
+def pin_memory_for(device: str) -> bool:
+    """Pin host batches only when ``trainer.device`` resolves to a GPU: page-locked memory speeds the
+    host-to-GPU copy and is wasted (and scarce) for a CPU run on a machine that has a GPU."""
+    return resolve_device(device).type == "cuda"
+
+
 def _freeze_embeddings(encoder: torch.nn.Module) -> int:
     emb = encoder.get_input_embeddings()
     for p in emb.parameters():
@@ -146,7 +152,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if tr.get("max_epochs"):
         max_steps = int(round(float(tr.max_epochs) * sampler.steps_per_epoch(int(data_cfg.batch_size) * dist_info.world_size)))
         log.info("trainer.max_epochs=%s -> %d steps", tr.max_epochs, max_steps)
-    pin = resolve_device(str(tr.device)).type == "cuda"  # page-locked host memory only feeds a GPU
+    pin = pin_memory_for(str(tr.device))
     coll = collate(tokenizer)
     streams = {}
     for i, task in enumerate(task_names):
