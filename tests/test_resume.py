@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -123,3 +124,23 @@ def test_best_pt_is_not_resumable(tmp_path: Path) -> None:
     tr.fit()
     with pytest.raises(ValueError, match="last.pt"):
         tr.load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+
+
+@pytest.mark.parametrize("resumed_with", ["multi", "csv"])
+def test_resume_keeps_the_csv_history_with_several_loggers(tmp_path: Path, resumed_with: str) -> None:
+    # logger=wandb is a MultiLogger(csv, wandb): its checkpoint must carry the CSV rows, or the resumed run's
+    # first flush rewrites train_log.csv with the new rows only (also when resumed with logger=csv alone)
+    from mtl.training.loggers import CSVLogger, MultiLogger
+
+    first = toy_trainer(tmp_path, max_steps=4)
+    first.logger = MultiLogger([CSVLogger(tmp_path)])
+    first.fit()
+    state = first.state_dict()
+    logger = MultiLogger([CSVLogger(tmp_path)]) if resumed_with == "multi" else CSVLogger(tmp_path)
+    second = toy_trainer(tmp_path, max_steps=8)
+    second.logger = logger
+    second.load_state_dict(state)
+    second.fit()
+    with (tmp_path / "train_log.csv").open(encoding="utf-8") as fh:
+        steps = [int(row["step"]) for row in csv.DictReader(fh)]
+    assert steps == list(range(1, 9))

@@ -53,6 +53,16 @@ class CSVLogger:
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         self.flush()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rows so far: a resumed run rewrites the CSV files from them, so its history is kept."""
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any] | list[Any]) -> None:
+        """Its own state, or a :class:`MultiLogger`'s list (a run resumed with ``logger=csv`` after wandb)."""
+        found = [st for st in (state if isinstance(state, list) else [state]) if isinstance(st, dict) and "rows" in st]
+        if found:
+            self.rows = {k: list(v) for k, v in found[0]["rows"].items()}
+
 
 class MultiLogger:
     """Fans out to several loggers (e.g. csv and wandb)."""
@@ -63,6 +73,17 @@ class MultiLogger:
     def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         for lg in self.loggers:
             lg.log(step, values, kind)
+
+    def state_dict(self) -> list[Any]:
+        """Each logger's state (None for one without state), in order."""
+        return [lg.state_dict() if hasattr(lg, "state_dict") else None for lg in self.loggers]
+
+    def load_state_dict(self, state: list[Any] | dict[str, Any]) -> None:
+        """A list from a MultiLogger run, or one logger's state (a run resumed with another logger added)."""
+        states = state if isinstance(state, list) else [state] * len(self.loggers)
+        for lg, st in zip(self.loggers, states, strict=False):
+            if st is not None and hasattr(lg, "load_state_dict"):
+                lg.load_state_dict(st)
 
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         """Finishes every logger even when one of them fails; the first error is raised afterwards."""

@@ -426,20 +426,11 @@ class Trainer:
 
     def _logger_state(self) -> Any:
         lg = self.logger
-        if hasattr(lg, "state_dict"):
-            return lg.state_dict()  # type: ignore[attr-defined]
-        if isinstance(getattr(lg, "rows", None), dict):
-            return {"rows": lg.rows}  # type: ignore[attr-defined]
-        return None
+        return lg.state_dict() if hasattr(lg, "state_dict") else None  # type: ignore[attr-defined]
 
     def _load_logger_state(self, state: Any) -> None:
-        if state is None or not self.is_main:
-            return
-        lg = self.logger
-        if hasattr(lg, "load_state_dict"):
-            lg.load_state_dict(state)  # type: ignore[attr-defined]
-        elif isinstance(getattr(lg, "rows", None), dict) and "rows" in state:
-            lg.rows = {k: list(v) for k, v in state["rows"].items()}  # type: ignore[attr-defined]
+        if state is not None and self.is_main and hasattr(self.logger, "load_state_dict"):
+            self.logger.load_state_dict(state)  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly (RNG states of every rank included)."""
