@@ -103,3 +103,24 @@ def test_dev_scores_reproduce_training(trained: tuple[Path, dict], fixture_data_
 def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert predict_main([str(tmp_path), "--split", "a"]) == 1
     assert "best.pt" in capsys.readouterr().err
+
+
+def test_a_bad_test_row_stops_the_submission_even_if_training_skipped_bad_rows(
+    trained: tuple[Path, dict], fixture_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # skipping a test row would leave its id out of the zip, and the check against the ids read would pass
+    import shutil
+
+    run_dir, _ = trained
+    root = tmp_path / "data"
+    shutil.copytree(fixture_data_root, root)
+    test_file = root / "tianchi" / "test_unlabelled" / TEST_A["ocnli"]
+    n_lines = len(test_file.read_text(encoding="utf-8").splitlines())
+    with test_file.open("a", encoding="utf-8") as fh:
+        fh.write("99999\tonly one sentence\n")  # OCNLI test rows have id, sentence1, sentence2
+    ckpt = load_checkpoint(run_dir, device="cpu")
+    skipping = {**ckpt.data_config, "on_bad_row": "skip"}
+    monkeypatch.setattr(type(ckpt), "data_config", property(lambda self: skipping))
+    with pytest.raises(ValueError) as err:
+        write_submission(ckpt, "a", tmp_path / "a", root=root)
+    assert TEST_A["ocnli"] in str(err.value) and f"line {n_lines + 1}" in str(err.value)

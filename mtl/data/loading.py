@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,11 +121,10 @@ class TaskReport:
 
     @property
     def skipped(self) -> dict[str, int]:
-        total: dict[str, int] = {}
+        total: Counter[str] = Counter()
         for r in self.reads:
-            for reason, n in r.skipped.items():
-                total[reason] = total.get(reason, 0) + n
-        return total
+            total.update(r.skipped)
+        return dict(total)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -278,7 +278,8 @@ def load_test_sets(name: str, task_cfg: Any, data_cfg: Any) -> dict[str, list[Ex
     task = _plain(task_cfg)
     data = _plain(data_cfg)
     test_files = task.get("test_files") or {}
-    columns = task.get("test_columns") or [task.get("id_column") or "id", *task["text_columns"]]
+    id_column = task.get("test_id_column", "id")
+    columns = task.get("test_columns") or [id_column, *task["text_columns"]]
     root = resolve_data_root(data)
     root_hint = _root_description(data)
     out: dict[str, list[Example]] = {}
@@ -287,7 +288,7 @@ def load_test_sets(name: str, task_cfg: Any, data_cfg: Any) -> dict[str, list[Ex
             root / str(rel),
             columns=columns,
             text_columns=task["text_columns"],
-            id_column=task.get("test_id_column", "id"),
+            id_column=id_column,
             on_bad_row=data.get("on_bad_row", "error"),
             root_hint=root_hint,
         )

@@ -309,11 +309,10 @@ def write_submission(
                     f"(test_files: {dict(test_files) or 'none'})"
                 )
             task_cfg["test_files"] = {split: test_files[split]}
-            examples = load_test_sets(task, task_cfg, ckpt.data_config)[split]
+            # every test row must get a prediction: a bad row stops here even if training skipped bad rows
+            # (the reader already refuses duplicate ids, naming file and line)
+            examples = load_test_sets(task, task_cfg, {**ckpt.data_config, "on_bad_row": "error"})[split]
             ids = [e.id for e in examples]
-            if len(set(ids)) != len(ids):
-                dup = [i for i, n in Counter(ids).items() if n > 1][:5]
-                raise ValueError(f"task {task!r}: duplicate ids in the test {split} file: {dup}")
             pred = predict(ckpt, task, examples, batch_size)
             labels = [ckpt.labels[task][p] for p in pred]
             path = out_dir / str(task_cfg.get("submission_file") or f"{task}_predict.json")
