@@ -133,3 +133,21 @@ def test_works_with_transformers_collator(tokenizer, tmp_path: Path) -> None:
     batch = DataCollatorWithPadding(tokenizer)([ds[i] for i in range(3)])
     assert batch["input_ids"].shape == (3, 15)
     assert batch["labels"].tolist() == [0, 1, -1]
+
+
+def test_tokenizer_fingerprint_ignores_and_keeps_the_call_state() -> None:
+    # a truncating, padding call leaves its settings on the backend: the fingerprint (a cache key) must not
+    # change with them, and taking it must leave them as they were for the next call
+    from mtl.data.loading import _tokenizer_fingerprint
+
+    tok = tiny_tokenizer()
+    before = _tokenizer_fingerprint(tok)
+    tok(["a b c d e f", "a"], truncation=True, max_length=4, padding=True)
+    backend = tok.backend_tokenizer
+    state = (backend.truncation, backend.padding)
+    assert state[0] is not None and state[1] is not None
+    assert _tokenizer_fingerprint(tok) == before
+    assert (backend.truncation, backend.padding) == state
+    other = tiny_tokenizer()
+    other.add_tokens(["zzz"])
+    assert _tokenizer_fingerprint(other)[-1] != before[-1]
