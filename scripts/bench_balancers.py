@@ -80,14 +80,6 @@ class ReplayStream:
         return b
 
 
-class NullLogger:
-    def log(self, step: int, values: dict[str, float], kind: str = "train") -> None:
-        return None
-
-    def finish(self, summary: dict[str, Any] | None = None) -> None:
-        return None
-
-
 class Method:
     def __init__(self, label: str, balancer: str, source: str | None) -> None:
         self.label, self.balancer, self.source = label, balancer, source
@@ -204,7 +196,7 @@ class Timed:
 
 def make_trainer(method: Method, cfg, ctx: dict[str, Any], args: argparse.Namespace) -> Timed:
     from mtl.training.run import build_balancer, build_sampler, check_compatible
-    from mtl.training.trainer import Trainer, TrainerSettings
+    from mtl.training.trainer import NullLogger, Trainer, TrainerSettings
 
     batches, task_names = ctx["batches"], ctx["task_names"]
     balancer = build_balancer(cfg.balancer, task_names)

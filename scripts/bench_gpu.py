@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import _bench_common as common  # noqa: E402
 
 from mtl.balancers import build_balancer  # noqa: E402
 from mtl.data.batching import TaskBatchSampler, TaskStream  # noqa: E402
+from mtl.data.loading import collate  # noqa: E402
 from mtl.models.multitask import MultiTaskModel  # noqa: E402
 from mtl.samplers import SAMPLERS  # noqa: E402
 from mtl.training.trainer import Trainer, TrainerSettings  # noqa: E402
@@ -68,14 +70,8 @@ def synthetic_rows(n: int, vocab: int, num_labels: int, lo: int, hi: int, seed: 
     return rows
 
 
-def pad_collate(rows):
-    longest = max(len(r["input_ids"]) for r in rows)
-    ids = torch.zeros(len(rows), longest, dtype=torch.long)
-    mask = torch.zeros(len(rows), longest, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-        mask[i, : len(r["input_ids"])] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["labels"] for r in rows])}
+# the framework's own collate (dynamic padding to the longest row); synthetic rows pad with id 0
+PAD_COLLATE = collate(SimpleNamespace(pad_token_id=0, padding_side="right"))
 
 
 def measure(encoder_name: str, precision: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -89,7 +85,7 @@ def measure(encoder_name: str, precision: str, args: argparse.Namespace, device:
     n = args.batch_size * (args.steps + args.warmup_steps + 1)
     streams = {
         t: TaskStream(synthetic_rows(n, vocab, k, args.min_length, args.max_length, i),
-                      TaskBatchSampler(n, args.batch_size, seed=i), pad_collate, pin_memory=device.type == "cuda")
+                      TaskBatchSampler(n, args.batch_size, seed=i), PAD_COLLATE, pin_memory=device.type == "cuda")
         for i, (t, k) in enumerate(TASKS.items())
     }
     settings = TrainerSettings(max_steps=10 * (args.steps + args.warmup_steps), eval_every=10**9, log_every=10**9,

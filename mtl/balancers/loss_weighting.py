@@ -18,8 +18,9 @@ Conventions shared by the stateful methods:
   step that carries a strict subset of the tasks (one-task-per-step samplers) reads and updates
   only its own tasks' entries.
 * All state lives in buffers (or ``extra_state`` for the RNG), so ``state_dict()`` round-trips.
-* With gradient accumulation the trainer calls ``compute`` once per micro-batch with the same
-  ``inp.step``; each method says below what it does then.
+* The trainer calls ``compute`` once per optimiser step with full-batch losses, however the batch
+  was split into micro-batches. A caller may still call it more than once with the same
+  ``inp.step`` (e.g. per chunk); each method says below what it does then.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl.balancers.base import BalanceInput, Balancer, register_balancer
+from mtl.balancers.gramian import gradient_norms
 
 # ---------------------------------------------------------------------------------------- helpers
 
@@ -57,7 +59,7 @@ def _record_first(first: Tensor, seen: Tensor, idx: Tensor, losses: Tensor) -> N
 def _gramian_norms(inp: BalanceInput) -> Tensor:
     """``||g_i|| = sqrt(G_ii)`` from the Gramian (float32; tiny negative round-off clipped)."""
     assert inp.gramian is not None
-    return inp.gramian.detach().diagonal().to(torch.float32).clamp_min(0.0).sqrt()
+    return gradient_norms(inp.gramian.detach().to(torch.float32))
 
 
 # ---------------------------------------------------------------------------------- stateless ones
@@ -147,7 +149,7 @@ class InitialLoss(Balancer):
 
     Why: puts every task on the same starting scale, like GradNorm's inverse training rate
     (Chen et al. 2018) without the learning. ``L_i(0)`` is the task's loss at the first call
-    that contains it (the first micro-batch with accumulation), per task, kept in a buffer.
+    that contains it (the first call of a step), per task, kept in a buffer.
     Scale invariant: ``c L_i`` gives ``c L_i(0)``, so ``w_i * c L_i`` is unchanged.
     """
 
@@ -315,7 +317,7 @@ class DynamicWeightAverage(Balancer):
 
     The paper's ``L(t-1), L(t-2)`` are the average losses of the last two epochs. We have steps,
     not epochs: steps are cut into windows of ``window`` optimiser steps (window k = steps
-    ``[k*window, (k+1)*window)``), every loss a task reports in a window (all micro-batches) is
+    ``[k*window, (k+1)*window)``), every loss a task reports in a window (every call) is
     averaged, and ``r_i`` is the ratio of the task's last two completed window means. A task
     absent from a whole window (rare with one-task sampling) keeps its previous two means.
     While no task has two completed windows, all weights are 1 (the paper's first two epochs).
@@ -388,7 +390,7 @@ class RandomLossWeighting(Balancer):
     average 1 per task, i.e. the same overall scale as ``equal`` (the paper's scale would divide
     the effective lr by T). ``z`` is drawn for *all* tasks and the step's tasks read their entries,
     so with one task per step its weight is still random (mean 1); with all tasks the weights sum
-    to ``T``. The draw is cached per ``inp.step`` (micro-batches of one step share it). The
+    to ``T``. The draw is cached per ``inp.step`` (calls within one step share it). The
     generator is seeded with ``seed`` and its state is checkpointed (``extra_state``).
     """
 
@@ -435,7 +437,7 @@ class FAMO(Balancer):
       the step's weights are computed, so the weights use the same ``xi`` as the official loop.
       With one task per step ``delta`` is non-zero only for the tasks observed again, measured
       since each task's previous observation; a task's first observation in a step gives its
-      ``delta`` (later micro-batches of that step do not), and its last observation is the
+      ``delta`` (later calls in that step do not), and its last observation is the
       "before" value for its next step.
     * ``xi`` is a buffer with a hand-written Adam (moments in buffers), not an ``nn.Parameter``:
       FAMO has its own update rule, so ``xi`` must not reach the trainer's optimiser (which

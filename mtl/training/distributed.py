@@ -204,7 +204,6 @@ def all_reduce_gradients(params: Iterable[nn.Parameter], bucket_numel: int = 1 <
     """
     if not is_distributed():
         return 0
-    world = dist.get_world_size()
     grads = [p.grad for p in params if p.grad is not None]
     by_kind: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for g in grads:
@@ -213,8 +212,7 @@ def all_reduce_gradients(params: Iterable[nn.Parameter], bucket_numel: int = 1 <
     for group in by_kind.values():
         for bucket in _buckets(group, bucket_numel):
             flat = torch.cat([g.reshape(-1) for g in bucket])
-            all_reduce_(flat, "sum")
-            flat /= world
+            all_reduce_(flat, "mean")
             offset = 0
             for g in bucket:
                 n = g.numel()

@@ -128,10 +128,6 @@ def _task_loss(model: MultiTaskModel, task: str, rep: Tensor, batch: Batch) -> t
     return loss, correct
 
 
-def _all_reduce_mean(t: Tensor) -> Tensor:
-    return mdist.all_reduce_(t, "mean")
-
-
 def gramian_of(rows: Tensor) -> Tensor:
     """``rows @ rows.T`` as a float64 CPU tensor, accurate to float64 rounding of float32 products.
 
@@ -385,7 +381,7 @@ class GradientEngine:
                 stashes.append(_take_grads(shared))
             vectors.append(vec)
         vectors_t = torch.stack(vectors) / self.scale_value()  # [T, H], unscaled
-        vectors_t = _all_reduce_mean(vectors_t)
+        vectors_t = mdist.all_reduce_(vectors_t, "mean")
         gramian = gramian_of(vectors_t)
         inp, correct_d = self._input(tally, step, max_steps, task_metrics, gramian)
         w = self.balancer.compute(inp).detach()
@@ -417,7 +413,7 @@ class GradientEngine:
                         p.grad = g if p.grad is None else p.grad + g
                 tally.add(loss, c, frac, batch_rows(mb))
         scale = self.scale_value()
-        jac = _all_reduce_mean(jac)
+        jac = mdist.all_reduce_(jac, "mean")
         gramian = gramian_of(jac) / (scale * scale)
         inp, correct_d = self._input(tally, step, max_steps, task_metrics, gramian)
         w = self.balancer.compute(inp).detach()

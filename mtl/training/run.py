@@ -13,7 +13,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from mtl.balancers import BALANCERS, Balancer
+from mtl import balancers, samplers
+from mtl.balancers import Balancer
 from mtl.data.batching import TaskBatchSampler, TaskStream
 from mtl.data.loading import collate, load_task, tokenize_examples
 from mtl.evaluation.metrics import majority_macro_f1
@@ -52,7 +53,7 @@ def build_balancer(cfg: DictConfig, task_names: list[str]) -> Balancer:
 
         balancer = instantiate(cfg, task_names=task_names)
     else:
-        balancer = BALANCERS.get(cfg.name)(task_names, **_kwargs(cfg))
+        balancer = balancers.build_balancer(cfg.name, task_names, **_kwargs(cfg))
     if not isinstance(balancer, Balancer):
         raise TypeError(f"balancer config built a {type(balancer).__name__}, not an mtl Balancer")
     return balancer
@@ -64,7 +65,7 @@ def build_sampler(cfg: DictConfig, task_sizes: dict[str, int], seed: int) -> Tas
 
         sampler = instantiate(cfg, task_sizes=task_sizes, seed=seed)
     else:
-        sampler = SAMPLERS.get(cfg.name)(task_sizes, seed=seed, **_kwargs(cfg))
+        sampler = samplers.build_sampler(cfg.name, task_sizes, seed=seed, **_kwargs(cfg))  # typos named
     if not isinstance(sampler, TaskSampler):
         raise TypeError(f"sampler config built a {type(sampler).__name__}, not an mtl TaskSampler")
     return sampler
