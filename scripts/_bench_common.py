@@ -87,11 +87,22 @@ def data_root(rows_per_task: int = 400) -> tuple[Path, str]:
     written to a temporary folder (kind ``"fixtures"``), so every benchmark runs anywhere."""
     found = find_data_root()
     if found is not None:
-        return found, "real"
+        return use_data_root(found), "real"
     from mtl.data.fixtures import write_fixture_data
 
     root = Path(tempfile.mkdtemp(prefix="mtl-bench-data-"))
-    return write_fixture_data(root, rows_per_task=rows_per_task, seed=0), "fixtures"
+    return use_data_root(write_fixture_data(root, rows_per_task=rows_per_task, seed=0)), "fixtures"
+
+
+def use_data_root(root: Path) -> Path:
+    """Make ``root`` the data folder of every run this process (and its children) starts.
+
+    ``MTL_DATA_DIR`` wins over ``data.root`` in :func:`mtl.data.loading.resolve_data_root`, so a value
+    that points elsewhere (e.g. a folder without the task files, passed over by :func:`find_data_root`)
+    would otherwise replace the folder the benchmark chose.
+    """
+    os.environ["MTL_DATA_DIR"] = str(root)
+    return root
 
 
 def bench_config(args: argparse.Namespace, *overrides: str) -> tuple[Any, str]:

@@ -35,6 +35,7 @@ Data: the real task files when found (``--data-root``, else ``MTL_DATA_DIR``, ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -195,20 +196,16 @@ class Timed:
 
 
 def make_trainer(method: Method, cfg, ctx: dict[str, Any], args: argparse.Namespace) -> Timed:
-    from mtl.training.run import build_balancer, build_sampler, check_compatible
-    from mtl.training.trainer import NullLogger, Trainer, TrainerSettings
+    from mtl.training.run import build_balancer, build_sampler, check_compatible, settings_from_cfg
+    from mtl.training.trainer import NullLogger, Trainer
 
     batches, task_names = ctx["batches"], ctx["task_names"]
     balancer = build_balancer(cfg.balancer, task_names)
     sampler = build_sampler(cfg.sampler, {t: len(b) * args.batch_size for t, b in batches.items()}, args.seed)
     check_compatible(balancer, sampler)
-    settings = TrainerSettings(
-        max_steps=10**6, eval_every=10**6, log_every=10**6, lr=float(cfg.optim.lr),
-        head_lr=None if cfg.optim.head_lr is None else float(cfg.optim.head_lr),
-        weight_decay=float(cfg.optim.weight_decay), warmup=0,
-        grad_clip=None if cfg.optim.grad_clip is None else float(cfg.optim.grad_clip),
-        precision=str(cfg.trainer.precision), device=str(cfg.trainer.device), save_best=False, progress=False,
-    )
+    # run()'s settings (so --extra trainer.* overrides apply), without schedule warm-up, evaluation or saving
+    settings = dataclasses.replace(settings_from_cfg(cfg, 10**6), eval_every=10**6, log_every=10**6, warmup=0,
+                                   save_best=False, progress=False, checkpoint_every=0, resume=None)
     streams = {t: ReplayStream(b) for t, b in batches.items()}
     run_dir = ctx["run_dir"] / method.label.replace("@", "_").replace("#", "_")
     trainer = Trainer(ctx["model"], balancer, sampler, streams, {}, settings, run_dir, logger=NullLogger())
@@ -349,7 +346,7 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
 
         data_root = write_fixture_data(Path(tmp.name) / "data", rows_per_task=240, seed=0)
         log.info("real task files not found: using synthetic fixture data in %s", data_root)
-    os.environ.pop("MTL_DATA_DIR", None)  # data.root below is the one used
+    common.use_data_root(Path(data_root))
     base = base_overrides(args, Path(data_root))
     cfgs = {m.label: common.compose(base + m.overrides) for m in methods}  # fails fast on a bad name/override
     cfg = cfgs["equal"]

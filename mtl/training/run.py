@@ -71,6 +71,33 @@ def build_sampler(cfg: DictConfig, task_sizes: dict[str, int], seed: int) -> Tas
     return sampler
 
 
+def settings_from_cfg(cfg: DictConfig, max_steps: int) -> TrainerSettings:
+    """The Trainer's settings from the ``optim`` and ``trainer`` config groups (one mapping for
+    ``run()`` and the benchmark scripts, so an override means the same everywhere)."""
+    tr = cfg.trainer
+    return TrainerSettings(
+        max_steps=max_steps,
+        eval_every=int(tr.eval_every),
+        log_every=int(tr.log_every),
+        lr=float(cfg.optim.lr),
+        head_lr=None if cfg.optim.head_lr is None else float(cfg.optim.head_lr),
+        weight_decay=float(cfg.optim.weight_decay),
+        warmup=float(cfg.optim.warmup),
+        grad_clip=None if cfg.optim.grad_clip is None else float(cfg.optim.grad_clip),
+        precision=str(tr.precision),
+        device=str(tr.device),
+        early_stopping_patience=tr.early_stopping_patience,
+        save_best=bool(tr.save_best),
+        max_consecutive_nonfinite=int(tr.max_consecutive_nonfinite),
+        progress=bool(tr.progress),
+        grad_accum_steps=int(tr.get("grad_accum_steps", 1)),
+        compile=tr.get("compile", False),
+        tf32=bool(tr.get("tf32", True)),
+        checkpoint_every=tr.get("checkpoint_every", 500),
+        resume=None if tr.get("resume") is None else str(tr.resume),
+    )
+
+
 def check_compatible(balancer: Balancer, sampler: TaskSampler) -> None:
     """Gradient methods compare task gradients within a step, so every step needs every task."""
     if balancer.needs_gramian and sampler.one_task_per_step:
@@ -170,27 +197,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                       pin_memory=pin)
         for t in task_names
     }
-    settings = TrainerSettings(
-        max_steps=max_steps,
-        eval_every=int(tr.eval_every),
-        log_every=int(tr.log_every),
-        lr=float(cfg.optim.lr),
-        head_lr=None if cfg.optim.head_lr is None else float(cfg.optim.head_lr),
-        weight_decay=float(cfg.optim.weight_decay),
-        warmup=float(cfg.optim.warmup),
-        grad_clip=None if cfg.optim.grad_clip is None else float(cfg.optim.grad_clip),
-        precision=str(tr.precision),
-        device=str(tr.device),
-        early_stopping_patience=tr.early_stopping_patience,
-        save_best=bool(tr.save_best),
-        max_consecutive_nonfinite=int(tr.max_consecutive_nonfinite),
-        progress=bool(tr.progress),
-        grad_accum_steps=int(tr.get("grad_accum_steps", 1)),
-        compile=tr.get("compile", False),
-        tf32=bool(tr.get("tf32", True)),
-        checkpoint_every=tr.get("checkpoint_every", 500),
-        resume=None if tr.get("resume") is None else str(tr.resume),
-    )
+    settings = settings_from_cfg(cfg, max_steps)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = build_logger(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, resolved) if main else NullLogger()
     metrics: dict[str, Any] | None = None
