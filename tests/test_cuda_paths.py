@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from mtl.training import checkpoint as ckpt
-from mtl.training import distributed as mdist
 from mtl.training.run import pin_memory_for
-from mtl.training.trainer import Trainer, resolve_device, resolve_precision
+from mtl.training.trainer import Trainer, resolve_precision
+from mtl.utils.device import resolve_device
 from tests.toy_trainer import flat_params, single_thread, toy_trainer
 
 CUDA0 = torch.device("cuda", 0)
@@ -62,7 +62,7 @@ def test_device_is_this_process_gpu(fake_gpu: None, monkeypatch: pytest.MonkeyPa
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device("cpu") == torch.device("cpu")
     # under torchrun: cuda:LOCAL_RANK
-    monkeypatch.setattr(mdist, "is_distributed", lambda: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert resolve_device("auto") == torch.device("cuda", 3) and resolve_device("cuda") == torch.device("cuda", 3)
 

@@ -282,7 +282,7 @@ def write_run_plots_after_fit(
     step = None
     try:
         from mtl.evaluation.predict import best_dev_predictions
-        from mtl.training.loggers import write_json
+        from mtl.utils.files import write_json
 
         best = best_dev_predictions(trainer, run_dir / "checkpoints" / "best.pt")
         step = int(metrics.get("best_step", best.step)) if (run_dir / "checkpoints" / "best.pt").is_file() else best.step

@@ -18,7 +18,6 @@ every ``trainer.checkpoint_every`` steps and at the end (see :meth:`Trainer.stat
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -26,34 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtl.utils.files import atomic_save, load_checkpoint_file
+
 log = logging.getLogger(__name__)
 
 FORMAT = "mtl-trainer-checkpoint/1"
 LAST = "last.pt"
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A run killed mid-write leaves the previous checkpoint intact (and at most a stray ``.tmp``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def load(path: str | Path) -> dict[str, Any]:
-    """Load a trainer checkpoint on the CPU (our own run directory's file: unpickled in full)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """Load a trainer checkpoint on the CPU; errors name the file."""
+    return load_checkpoint_file(path)
 
 
 #: optimiser settings that follow the device this run is on, not the checkpoint

@@ -114,13 +114,6 @@ def quiet_other_ranks() -> None:
         logging.getLogger("mtl").setLevel(logging.WARNING)
 
 
-def device_for_rank(name: str) -> torch.device:
-    """``auto``/``cuda`` mean this process's GPU (``cuda:LOCAL_RANK``) under torchrun."""
-    if name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank() if is_distributed() else torch.cuda.current_device())
-    return torch.device("cpu" if name == "auto" else name)
-
-
 # ----------------------------------------------------------------------------- collectives
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,14 +94,6 @@ class MultiLogger:
                 error = error or exc
         if error is not None:
             raise error
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON write: readers never see a half-written metrics file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    tmp.replace(path)
 
 
 class WandbLogger:

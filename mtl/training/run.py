@@ -24,8 +24,10 @@ from mtl.models.multitask import MultiTaskModel
 from mtl.registry import import_modules
 from mtl.samplers import SAMPLERS, TaskSampler
 from mtl.training import distributed as mdist
-from mtl.training.loggers import build_logger, write_json
-from mtl.training.trainer import NullLogger, Trainer, TrainerSettings, resolve_device
+from mtl.training.loggers import build_logger
+from mtl.training.trainer import NullLogger, Trainer, TrainerSettings
+from mtl.utils.device import resolve_device
+from mtl.utils.files import write_json
 
 log = logging.getLogger(__name__)
 

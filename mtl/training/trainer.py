@@ -34,6 +34,7 @@ from mtl.training import distributed as mdist
 from mtl.training.gradients import GradientEngine, StepGradients, batch_rows, split_batch
 from mtl.training.loggers import CSVLogger, MetricsLogger
 from mtl.training.optim import build_optimizer, build_scheduler
+from mtl.utils.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +104,6 @@ class EvalResult:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
         return cls(int(d["step"]), {t: TaskScores(**s) for t, s in d["scores"].items()})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto" or (name == "cuda" and torch.cuda.is_available()):
-        return mdist.device_for_rank(name)  # under torchrun: this process's GPU, cuda:LOCAL_RANK
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
-    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
