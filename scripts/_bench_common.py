@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
+CONFIG_DIR = REPO / "mtl" / "conf"
 BENCH_DIR = REPO / "outputs" / "bench"
 TASKS = ("ocnli", "ocemotion", "tnews")
 #: A file every real data folder has: how a data root is recognised.
@@ -115,38 +115,25 @@ def bench_config(args: argparse.Namespace, *overrides: str) -> tuple[Any, str]:
 
 
 def load_encoder_from(cfg: Any, freeze_embeddings: bool) -> tuple[Any, Any]:
-    """``(encoder, tokenizer)`` for ``cfg.encoder`` (with its ``kwargs``), input embeddings frozen or not."""
+    """``(encoder, tokenizer)`` for ``cfg.encoder`` (``run()``'s build step), embeddings frozen or not."""
     from omegaconf import OmegaConf
 
-    from mtl.models.encoder import load_encoder
+    from mtl.training.build import build_encoder
 
-    enc = cfg.encoder
-    kwargs = OmegaConf.to_container(enc.kwargs, resolve=True) if enc.get("kwargs") else {}
-    encoder, tokenizer = load_encoder(enc.name_or_path, **kwargs)
-    if freeze_embeddings:
-        for p in encoder.get_input_embeddings().parameters():
-            p.requires_grad_(False)
-    return encoder, tokenizer
+    enc = OmegaConf.merge(cfg.encoder, {"freeze_embeddings": bool(freeze_embeddings)})
+    return build_encoder(enc)
 
 
 def load_tasks(cfg: Any, tokenizer: Any, *, seed: int, tasks: Sequence[str] | None = None,
                with_dev: bool = False) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
-    """``(num_labels, train, dev)`` per task, tokenised (and cached) the way ``run()`` does it;
-    ``dev`` is empty unless ``with_dev``. ``tasks`` defaults to the config's tasks."""
-    from mtl.data.loading import load_task, tokenize_examples
+    """``(num_labels, train, dev)`` per task through ``run()``'s build step (read, split, tokenised and
+    cached alike); ``dev`` is empty unless ``with_dev``. ``tasks`` defaults to the config's tasks."""
+    from omegaconf import OmegaConf
 
-    max_length = int(cfg.encoder.max_length)
-    fingerprint = [f"normalize={cfg.data.normalize}"]
-    labels: dict[str, int] = {}
-    train: dict[str, Any] = {}
-    dev: dict[str, Any] = {}
-    for task in tasks if tasks is not None else list(cfg.tasks):
-        td = load_task(task, cfg.tasks[task], cfg.data, seed=seed)
-        labels[task] = len(td.labels)
-        train[task] = tokenize_examples(td.train, tokenizer, max_length, cfg.data.cache_dir, fingerprint)
-        if with_dev:
-            dev[task] = tokenize_examples(td.dev, tokenizer, max_length, cfg.data.cache_dir, fingerprint)
-    return labels, train, dev
+    from mtl.training.build import build_data
+
+    data = build_data(OmegaConf.merge(cfg, {"seed": int(seed)}), tokenizer, tasks=tasks, with_dev=with_dev)
+    return data.num_labels, data.train, data.dev
 
 
 # ----------------------------------------------------------------------------------------- timing
@@ -179,7 +166,7 @@ def sync(device: torch.device) -> None:
 
 def step_samples(result: Any) -> int:
     """Rows a ``Trainer.train_step`` result trained on, over all tasks (0 for a skipped step)."""
-    return sum(n for _, n in result.correct.values()) if result is not None else 0
+    return sum(n for _, n in result.counts.values()) if result is not None else 0
 
 
 @contextlib.contextmanager
@@ -246,7 +233,7 @@ def add_common_args(ap: argparse.ArgumentParser, *, steps: int, batch_size: int,
     Only the defaults, and what a step or a batch means in the script, differ from script to script
     (``per_task_batch``: one batch of every task per step, as the ``all_tasks`` sampler draws)."""
     ap.add_argument("--encoder", default="e5_small",
-                    help="an encoder config name (configs/encoder/*.yaml; default e5_small)")
+                    help="an encoder config name (mtl/conf/encoder/*.yaml; default e5_small)")
     ap.add_argument("--steps", type=int, default=steps, help=steps_help or f"training steps (default {steps})")
     batch = "examples per task per step" if per_task_batch else "examples per batch"
     ap.add_argument("--batch-size", type=int, default=batch_size, help=f"{batch} (default {batch_size})")

@@ -120,15 +120,13 @@ def base_overrides(args: argparse.Namespace, data_root: Path) -> list[str]:
 
 
 def build_model(cfg) -> tuple[Any, Any, dict[str, list[dict[str, Any]]]]:
-    """Encoder + heads and the tokenised training rows of every task (as ``run()`` builds them)."""
-    from mtl.models.multitask import MultiTaskModel
+    """Encoder + heads and the tokenised training rows of every task (``run()``'s build steps)."""
+    from mtl.training.build import build_data, build_encoder, build_model
 
-    encoder, tokenizer = common.load_encoder_from(cfg, freeze_embeddings=bool(cfg.encoder.get("freeze_embeddings")))
-    labels, train, _ = common.load_tasks(cfg, tokenizer, seed=int(cfg.seed))
-    rows = {task: [ds[i] for i in range(len(ds))] for task, ds in train.items()}
-    model = MultiTaskModel(encoder, labels, pooling=cfg.encoder.pooling, head=cfg.model.head,
-                           dropout=float(cfg.model.dropout))
-    return model, tokenizer, rows
+    encoder, tokenizer = build_encoder(cfg.encoder)
+    data = build_data(cfg, tokenizer, with_dev=False)
+    rows = {task: [ds[i] for i in range(len(ds))] for task, ds in data.train.items()}
+    return build_model(cfg, encoder, data.num_labels), tokenizer, rows
 
 
 def make_batches(rows: dict[str, list[dict[str, Any]]], tokenizer, n: int, batch_size: int, seed: int):
@@ -196,7 +194,7 @@ class Timed:
 
 
 def make_trainer(method: Method, cfg, ctx: dict[str, Any], args: argparse.Namespace) -> Timed:
-    from mtl.training.run import build_balancer, build_sampler, check_compatible, settings_from_cfg
+    from mtl.training.build import build_balancer, build_sampler, build_settings, check_compatible
     from mtl.training.trainer import NullLogger, Trainer
 
     batches, task_names = ctx["batches"], ctx["task_names"]
@@ -204,7 +202,7 @@ def make_trainer(method: Method, cfg, ctx: dict[str, Any], args: argparse.Namesp
     sampler = build_sampler(cfg.sampler, {t: len(b) * args.batch_size for t, b in batches.items()}, args.seed)
     check_compatible(balancer, sampler)
     # run()'s settings (so --extra trainer.* overrides apply), without schedule warm-up, evaluation or saving
-    settings = dataclasses.replace(settings_from_cfg(cfg, 10**6), eval_every=10**6, log_every=10**6, warmup=0,
+    settings = dataclasses.replace(build_settings(cfg, 10**6), eval_every=10**6, log_every=10**6, warmup=0,
                                    save_best=False, progress=False, checkpoint_every=0, resume=None)
     streams = {t: ReplayStream(b) for t, b in batches.items()}
     run_dir = ctx["run_dir"] / method.label.replace("@", "_").replace("#", "_")
@@ -328,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def source_digest() -> dict[str, str]:
     """sha1 of the code being timed (the engine, the trainer, the balancers): which version gave these numbers."""
-    files = [common.REPO / "mtl" / "training" / "gradients.py", common.REPO / "mtl" / "training" / "trainer.py",
-             *sorted((common.REPO / "mtl" / "balancers").glob("*.py"))]
+    files = [common.REPO / "mtl" / "training" / "engine.py", common.REPO / "mtl" / "training" / "trainer.py",
+             *sorted((common.REPO / "mtl" / "balancers").rglob("*.py"))]
     return {str(f.relative_to(common.REPO)): hashlib.sha1(f.read_bytes()).hexdigest()[:12] for f in files if f.exists()}
 
 

@@ -47,7 +47,7 @@ def child(args: argparse.Namespace) -> None:
     """One variant: train, then write its figures as JSON to --json-out."""
     from mtl.training import run as run_mod
 
-    run_mod.write_run_plots_after_fit = lambda *a, **k: []
+    run_mod.write_run_outputs = lambda *a, **k: []
     counts: dict[str, int] = {}
     original = run_mod.Trainer.fit
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train every registered loss balancer under one fixed protocol and tabulate dev macro-F1 and step cost.
 
-Every balancer config in ``configs/balancer/`` is trained with the same seed, data slice, encoder,
+Every balancer config in ``mtl/conf/balancer/`` is trained with the same seed, data slice, encoder,
 number of steps and ``sampler=all_tasks`` (one batch of every task per step, which the gradient
 methods need), so the methods differ only in how they weight the tasks. Per balancer, one run
 directory ``<out>/runs/<balancer>/`` holds what ``mtl.training.run.run`` writes; the script then
@@ -60,7 +60,7 @@ log = logging.getLogger("compare_balancers")
 
 
 def available_balancers() -> list[str]:
-    """Every ``configs/balancer/*.yaml``, ``equal`` first (the reference for the step-time ratio)."""
+    """Every ``mtl/conf/balancer/*.yaml``, ``equal`` first (the reference for the step-time ratio)."""
     names = sorted(p.stem for p in (common.CONFIG_DIR / "balancer").glob("*.yaml"))
     return sorted(names, key=lambda n: (n != "equal", n))
 

@@ -20,7 +20,7 @@ TINY_RUN = (
 
 
 def compose_train(*overrides: str) -> Any:
-    """The ``train`` config from ``configs/`` with Hydra ``overrides`` (a later value for a key wins)."""
+    """The ``train`` config from ``mtl/conf/`` with Hydra ``overrides`` (a later value for a key wins)."""
     from hydra import compose, initialize_config_dir
 
     from mtl.cli.train import CONFIG_DIR
@@ -35,7 +35,7 @@ def tiny_run_cfg(data_root: Path, *overrides: str) -> Any:
 
 
 def no_plots(*args: Any, **kwargs: Any) -> list:
-    """Stands in for ``write_run_plots_after_fit`` where the plots are not what a test checks (saves time)."""
+    """Stands in for ``write_run_outputs`` where the plots are not what a test checks (saves time)."""
     return []
 
 
@@ -47,7 +47,7 @@ def tiny_run_env(monkeypatch: pytest.MonkeyPatch, *, plots: bool = True, one_thr
 
     monkeypatch.delenv("MTL_DATA_DIR", raising=False)
     if not plots:
-        monkeypatch.setattr(run_mod, "write_run_plots_after_fit", no_plots)
+        monkeypatch.setattr(run_mod, "write_run_outputs", no_plots)
     if one_thread:
         yield from single_thread()
     else:

@@ -9,7 +9,7 @@ import torch
 
 from mtl.balancers import build_balancer
 from mtl.models.multitask import MultiTaskModel
-from mtl.training.gradients import GradientEngine, split_batch, trim_padding
+from mtl.training.engine import GradientEngine, split_batch, trim_padding
 from tests.helpers import ToyEncoder
 from tests.toy_trainer import flat_params, single_thread, toy_trainer
 
@@ -70,7 +70,7 @@ def run_engine(balancer_name: str, k: int | list, **bal_kwargs):
     else:
         feed = b
         engine = GradientEngine(model, bal, accum_steps=k)
-    res = engine.step(feed, 0, 10, {})
+    res = engine.step(feed, 0, 10)
     return model, bal, res
 
 
@@ -92,7 +92,7 @@ def test_k_micro_batches_equal_one_full_batch(balancer: str, kwargs: dict) -> No
         torch.testing.assert_close(res.weights, ref.weights, rtol=1e-5, atol=1e-7)
         if ref.gramian is not None:
             torch.testing.assert_close(res.gramian, ref.gramian, rtol=1e-5, atol=1e-9)
-        assert res.correct == ref.correct
+        assert res.counts == ref.counts
         g, g_ref = grads(model), grads(ref_model)
         assert g.keys() == g_ref.keys()
         for name in g_ref:
@@ -106,8 +106,8 @@ def test_one_task_per_step_accumulation_scales_in_place() -> None:
     model = make_model()
     ref_model = copy.deepcopy(model)
     b = {"b": batches()["b"]}
-    GradientEngine(model, build_balancer("log_loss", list(TASKS)), accum_steps=4).step(b, 0, 10, {})
-    GradientEngine(ref_model, build_balancer("log_loss", list(TASKS))).step(b, 0, 10, {})
+    GradientEngine(model, build_balancer("log_loss", list(TASKS)), accum_steps=4).step(b, 0, 10)
+    GradientEngine(ref_model, build_balancer("log_loss", list(TASKS))).step(b, 0, 10)
     for name, g in grads(ref_model).items():
         torch.testing.assert_close(grads(model)[name], g, rtol=1e-5, atol=1e-7)
 
@@ -123,7 +123,7 @@ def test_trainer_steps_with_accumulation_match_full_batches(tmp_path, balancer: 
         for _ in range(4):
             tr.train_step()
         params[k] = flat_params(tr.model)
-        assert tr.samples_seen > 0
+        assert tr.state.samples_seen > 0
     torch.testing.assert_close(params[4], params[1], rtol=1e-5, atol=1e-6)
 
 

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mtl.cli.train import CONFIG_DIR
-from mtl.training.run import build_balancer, build_sampler, check_compatible
+from mtl.training.build import build_balancer, build_sampler, check_compatible
 
 GROUPS = ["encoder", "data", "model", "sampler", "balancer", "optim", "trainer", "logger", "experiment"]
 TASKS = ["ocnli", "ocemotion", "tnews"]

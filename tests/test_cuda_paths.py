@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mtl.training import checkpoint as ckpt
-from mtl.training.run import pin_memory_for
+from mtl.training.build import pin_memory_for
 from mtl.training.trainer import Trainer, resolve_precision
 from mtl.utils.device import resolve_device
 from tests.toy_trainer import flat_params, single_thread, toy_trainer

@@ -18,7 +18,7 @@ from mtl.data import (
 )
 from mtl.data.fixtures import OCEMOTION_LABELS, OCNLI_DEV_THRESHOLD, TNEWS_DEV_THRESHOLD, TNEWS_LABELS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "mtl" / "conf"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl.data import load_task
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "mtl" / "conf"
 
 
 def real_root() -> Path | None:

@@ -64,7 +64,7 @@ def _worker(rank: int, world: int, port: int, jobs: list) -> None:
     torch.set_num_threads(1)
     from mtl.training import run as run_module
 
-    run_module.write_run_plots_after_fit = no_plots
+    run_module.write_run_outputs = no_plots
     info = mdist.init_distributed()
     assert info.world_size == world and info.created and dist.get_backend() == "gloo"
     try:

@@ -13,7 +13,7 @@ from mtl.models import encoder as enc_mod
 from mtl.models.encoder import EncoderLoadError, load_encoder
 
 PAIRS = [("一月份跟二月份肯定有一个月份有", "今天天气很好。"), ("你好，世界！", "Hello World 123")]
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "encoder"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "mtl" / "conf" / "encoder"
 
 
 def _encode(tok, model) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:

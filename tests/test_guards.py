@@ -39,11 +39,11 @@ def test_nan_loss_skips_the_step_and_is_counted(tmp_path, sampler: str) -> None:
 
     tr.train_step = spy
     out = tr.fit()
-    assert tr.nonfinite_skipped == 2 and tr.step == 8
+    assert tr.state.nonfinite_skipped == 2 and tr.step == 8
     for s in bad_steps:  # a skipped step leaves the parameters as they were
         torch.testing.assert_close(before[s + 1], before[s], rtol=0, atol=0)
     assert not torch.equal(before[1], before[0])  # normal steps do update
-    assert out["last"].step == 8
+    assert out.last_eval.step == 8
 
 
 def test_consecutive_nan_losses_stop_the_run_naming_task_and_step(tmp_path) -> None:
@@ -51,7 +51,7 @@ def test_consecutive_nan_losses_stop_the_run_naming_task_and_step(tmp_path) -> N
     nan_head(tr, "c", None)
     with pytest.raises(TrainingStopped, match=r"3 consecutive steps .*task c at step 2"):
         tr.fit()
-    assert tr.nonfinite_skipped == 3
+    assert tr.state.nonfinite_skipped == 3
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, None])
@@ -60,7 +60,7 @@ def test_nan_gradient_with_finite_loss_is_skipped(tmp_path, grad_clip) -> None:
     weight = tr.model.encoder.lin.weight
     weight.register_hook(lambda g: g * float("nan") if tr.step == 1 else g)
     tr.fit()
-    assert tr.nonfinite_skipped == 1
+    assert tr.state.nonfinite_skipped == 1
 
 
 def test_out_of_memory_message_suggests_smaller_batches(tmp_path, monkeypatch) -> None:
@@ -97,9 +97,9 @@ def test_fp16_overflow_skips_are_the_scalers_not_counted_as_nonfinite(tmp_path, 
     weight.register_hook(lambda g: g * float("inf") if tr.step < 3 else g)  # "overflow" for 3 steps
     scale0 = tr.scaler.get_scale()
     tr.fit()
-    assert tr.overflow_skipped == 3 and tr.nonfinite_skipped == 0
+    assert tr.state.overflow_skipped == 3 and tr.state.nonfinite_skipped == 0
     assert tr.scaler.get_scale() < scale0  # the scaler lowered its scale and then trained on
-    assert tr.samples_seen > 0
+    assert tr.state.samples_seen > 0
 
 
 def test_fp16_persistent_inf_gradient_stops_once_the_scale_is_down_to_one(tmp_path, cpu_fp16) -> None:
@@ -110,7 +110,7 @@ def test_fp16_persistent_inf_gradient_stops_once_the_scale_is_down_to_one(tmp_pa
     tr.model.encoder.lin.weight.register_hook(lambda g: g * float("inf"))
     with pytest.raises(TrainingStopped, match="gradient"):
         tr.fit()
-    assert tr.overflow_skipped == 3 and tr.nonfinite_skipped == 2
+    assert tr.state.overflow_skipped == 3 and tr.state.nonfinite_skipped == 2
 
 
 def test_fp16_gramian_balancer_sees_unscaled_gradients(tmp_path, cpu_fp16) -> None:

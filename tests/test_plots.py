@@ -51,7 +51,7 @@ def test_a_failing_plot_only_warns(fixture_data_root: Path, tmp_path: Path, monk
         raise RuntimeError("no plotting today")
 
     monkeypatch.setattr(plots, "plot_curves", boom)
-    monkeypatch.setattr("mtl.evaluation.predict.best_dev_predictions", boom)
+    monkeypatch.setattr(plots, "write_dev_predictions", boom)
     with caplog.at_level(logging.WARNING):
         metrics = run(tiny(fixture_data_root, "trainer.max_steps=4", "trainer.eval_every=4"), tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["avg_macro_f1"] == metrics["avg_macro_f1"]

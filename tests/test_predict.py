@@ -11,7 +11,7 @@ import torch
 
 from mtl.cli.predict import main as predict_main
 from mtl.data.fixtures import OCEMOTION_LABELS, OCNLI_LABELS, TNEWS_LABELS
-from mtl.evaluation.predict import load_checkpoint, validate_submission, write_submission
+from mtl.inference import load_checkpoint, validate_submission, write_submission
 from mtl.training.run import run
 from tests.helpers import tiny_run_cfg, tiny_run_env
 
@@ -124,3 +124,17 @@ def test_a_bad_test_row_stops_the_submission_even_if_training_skipped_bad_rows(
     with pytest.raises(ValueError) as err:
         write_submission(ckpt, "a", tmp_path / "a", root=root)
     assert TEST_A["ocnli"] in str(err.value) and f"line {n_lines + 1}" in str(err.value)
+
+
+def test_data_root_is_passed_down_not_set_in_the_environment(
+    trained: tuple[Path, dict], fixture_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    run_dir, _ = trained
+    monkeypatch.setenv("MTL_DATA_DIR", str(tmp_path / "nowhere"))  # an explicit root beats MTL_DATA_DIR
+    ckpt = load_checkpoint(run_dir, device="cpu")
+    sub = write_submission(ckpt, "a", tmp_path / "a", root=fixture_data_root)
+    assert sub.zip_path.is_file() and os.environ["MTL_DATA_DIR"] == str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError):  # without it, MTL_DATA_DIR is still the root
+        write_submission(ckpt, "a", tmp_path / "a2")

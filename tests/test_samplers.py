@@ -9,11 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl.samplers import SAMPLERS, ProbabilitySampler, TaskSampler, build_sampler, register_sampler
+from mtl.samplers import (
+    SAMPLERS,
+    ProbabilitySampler,
+    TaskSampler,
+    build_sampler,
+    register_sampler,
+    sampler_options,
+)
 
 SIZES = {"a": 100, "b": 400, "c": 1600}
 N_DRAWS = 20_000
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "sampler"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = next(
+    (d for d in (REPO / "mtl" / "conf" / "sampler", REPO / "configs" / "sampler") if d.is_dir()),
+    REPO / "mtl" / "conf" / "sampler",
+)
+BUILT_INS = ("proportional", "uniform", "temperature", "annealed", "round_robin", "all_tasks")
 
 
 def realised(sampler: TaskSampler, n: int = N_DRAWS, max_steps: int = N_DRAWS) -> dict[str, float]:
@@ -98,7 +110,6 @@ def test_round_robin_cycle() -> None:
     drawn = [s.draw(i, 100)[0] for i in range(7)]
     assert drawn == ["a", "b", "c", "a", "b", "c", "a"]
     np.testing.assert_allclose(s.probabilities(0, 100), [1 / 3] * 3)
-    assert s.expected_proportions(0, 100) == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
 
 
 def test_all_tasks() -> None:
@@ -171,6 +182,35 @@ def test_unknown_name_lists_registered() -> None:
 def test_unknown_option_is_named() -> None:
     with pytest.raises(TypeError, match="temprature"):
         build_sampler("temperature", SIZES, temprature=3.0)
+
+
+def test_unknown_option_lists_the_accepted_ones() -> None:
+    with pytest.raises(TypeError) as exc:
+        build_sampler("annealed", SIZES, t_strat=2.0)
+    assert "['t_strat']" in str(exc.value)
+    assert "['max_examples_per_task', 't_start', 't_end', 'anneal_steps']" in str(exc.value)
+    assert sampler_options(SAMPLERS.get("annealed")) == {
+        "max_examples_per_task": None, "t_start": 1.0, "t_end": 5.0, "anneal_steps": None,
+    }
+
+
+@pytest.mark.parametrize("name", BUILT_INS)
+def test_python_defaults_are_the_config_defaults(name: str) -> None:
+    """One source of defaults: every key of the config file has the constructor's default value."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        pytest.skip(f"no {path.name}: the config node is generated from the constructor")
+    omegaconf = pytest.importorskip("omegaconf")
+    cfg = omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.load(path))
+    assert cfg.pop("name") == name
+    defaults = sampler_options(SAMPLERS.get(name))
+    assert defaults is not None
+    assert {k: defaults[k] for k in cfg} == cfg
+
+
+def test_one_module_per_sampler() -> None:
+    modules = {SAMPLERS.get(n).__module__ for n in BUILT_INS}
+    assert modules == {f"mtl.samplers.{n}" for n in BUILT_INS}
 
 
 @pytest.mark.parametrize("sizes", [{}, {"a": 10, "b": 0}])

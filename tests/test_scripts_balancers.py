@@ -100,7 +100,7 @@ def test_bench_balancers_writes_ratios(fixture_data_root: Path, tmp_path: Path) 
     assert list(results) == ["equal", "equal#2", "mgda_ub@representation", "pcgrad@representation", "mgda@parameters"]
     assert data["targets"] == {"representation": 1.15, "parameters": 3.5}
     assert data["setup"]["timed_steps"] == 2 and data["setup"]["equal_every"] == 2
-    assert "mtl/training/gradients.py" in data["setup"]["source_sha1"]
+    assert "mtl/training/engine.py" in data["setup"]["source_sha1"]
     assert data["command"] == "python scripts/bench_balancers.py " + " ".join(argv)
     for r in results.values():
         assert finite(r["ratio_to_equal"]) and r["ratio_to_equal"] > 0

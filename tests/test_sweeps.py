@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mtl.cli.train import CONFIG_DIR
-from mtl.training.run import build_balancer, build_sampler, check_compatible
+from mtl.training.build import build_balancer, build_sampler, check_compatible
 
-REPO = Path(CONFIG_DIR).parent
+REPO = Path(__file__).resolve().parents[1]
 TASKS = ["ocnli", "ocemotion", "tnews"]
 
 

@@ -1,16 +1,39 @@
-"""Loss balancers: a registry of weightings from losses or task-gradient Gramians to task weights."""
+"""Loss balancers: a registry of weightings from losses or task-gradient Gramians to task weights.
 
-from mtl.balancers import (
-    gradient,  # noqa: F401  (registers mgda, mgda_ub, pcgrad, cagrad, imtl, gradvac, nash_mtl, aligned_mtl, primary_auxiliary)
-    loss_weighting,  # noqa: F401  (log_loss, initial_loss, uncertainty, gradnorm, dwa, ...)
-    simple,  # noqa: F401  (registers equal, static)
-    torchjd_adapter,  # noqa: F401  (registers torchjd; torchjd imported lazily)
-)
-from mtl.balancers.base import BALANCERS, BalanceInput, Balancer, register_balancer
+Layout (one module per method, each with its paper, formula, knobs and deviations from the
+official code in its docstring):
 
-__all__ = ["BALANCERS", "Balancer", "BalanceInput", "register_balancer", "build_balancer"]
+- :mod:`mtl.balancers.base`: the contract (:class:`Balancer`, :class:`BalanceInput`) and the registry.
+- :mod:`mtl.balancers.loss`: loss-level methods (``equal``, ``static``, ``log_loss``, ``initial_loss``,
+  ``uncertainty``, ``dwa``, ``dtp``, ``rlw``, ``famo``): weights from the losses (and their own history).
+- :mod:`mtl.balancers.gramian`: Gramian-level methods (``mgda``, ``mgda_ub``, ``pcgrad``, ``cagrad``,
+  ``imtl``, ``gradvac``, ``nash_mtl``, ``aligned_mtl``, ``primary_auxiliary``, ``gradnorm``,
+  ``grad_norm_normalized``, ``torchjd``): weights from the Gramian of the task gradients, with the shared
+  numerics in :mod:`mtl.balancers.gramian.linalg`.
+
+Importing this package registers every built-in method.
+"""
+
+from mtl.balancers import gramian, loss  # noqa: F401  (register the built-in methods)
+from mtl.balancers.base import BALANCERS, BalanceInput, Balancer, balancer_options, register_balancer
+
+__all__ = ["BALANCERS", "Balancer", "BalanceInput", "register_balancer", "build_balancer", "balancer_options"]
 
 
 def build_balancer(name: str, task_names: list[str], **kwargs) -> Balancer:
-    """Instantiate a registered balancer by name (unknown names list the registered ones)."""
-    return BALANCERS.get(name)(task_names, **kwargs)
+    """Instantiate a registered balancer by name (unknown names list the registered ones).
+
+    ``kwargs`` are the rest of the ``balancer`` config group; a key the balancer does not take
+    (a typo such as ``lrr``) is a ``TypeError`` naming it and the options the balancer does take.
+    """
+    cls = BALANCERS.get(name)
+    try:
+        return cls(task_names, **kwargs)
+    except TypeError as exc:
+        if cls.open_options:
+            raise
+        accepted = list(balancer_options(cls))
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(f"balancer {name!r} got unknown option(s) {unknown}; it takes {accepted}") from exc
+        raise

@@ -1,16 +1,28 @@
-"""The balancer interface: one "weights" contract for loss weighting and gradient methods alike.
+"""The balancer contract and registry: one "weights" interface for loss-level and Gramian-level methods.
 
-Every balancer maps the step's per-task information to one weight per task; the update is
-then the weighted sum (of losses, or equivalently of task gradients). Loss-weighting methods
-look at the losses (and their own history). Gradient methods (MGDA, PCGrad, CAGrad, IMTL,
-Nash-MTL, ...) look at the T x T Gramian ``G[i, j] = <g_i, g_j>`` of the task gradients,
-which is all they need (cf. torchjd's Weighting/Aggregator split). The trainer forms the
-Gramian either on all shared parameters or on the shared representation (MGDA-UB's trick),
-so the same weighting code serves both places.
+Every balancer maps the step's per-task information to one weight per task; the update is then the
+weighted sum (of losses, or equivalently of task gradients). Loss-level methods
+(:mod:`mtl.balancers.loss`) look at the losses (and their own history). Gramian-level methods
+(:mod:`mtl.balancers.gramian`: MGDA, PCGrad, CAGrad, IMTL, Nash-MTL, GradNorm, ...) look at the
+``T x T`` Gramian ``G[i, j] = <g_i, g_j>`` of the task gradients, which is all they need (cf. torchjd's
+Weighting/Aggregator split). The trainer forms the Gramian either on all shared parameters or on the
+shared representation (MGDA-UB's trick), so the same weighting code serves both places.
+
+One optimisation step, as the trainer drives it::
+
+    w = balancer.compute(inp)           # inp: BalanceInput of this step; remembered as balancer.last_input
+    (w * losses).sum() + balancer.regularizer()  -> backward
+    balancer.before_optimizer_step()    # only on steps whose update is applied
+    optimizer.step()
+    balancer.after_optimizer_step()     # idem (a skipped non-finite step calls neither hook)
+
+Options: :func:`balancer_options` lists what a class's constructor accepts (walking ``**kwargs`` up to
+:class:`Balancer`) and :func:`mtl.balancers.build_balancer` names a misspelled one.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -37,7 +49,8 @@ class BalanceInput:
     step: int
     max_steps: int
     gramian: Tensor | None = None  # [len(tasks), len(tasks)] when ``needs_gramian``
-    task_metrics: dict[str, float] = field(default_factory=dict)  # running train KPIs (accuracy)
+    #: for each task in ``tasks``: (correct predictions, rows) of this step's batches, summed over ranks
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Balancer(nn.Module):
@@ -47,20 +60,27 @@ class Balancer(nn.Module):
     - ``weights`` returns a float tensor of shape ``[len(inp.tasks)]``. It must be detached
       from the model graph; it may carry autograd history through the balancer's *own*
       ``nn.Parameter``s (uncertainty weighting learns them through the weighted loss).
+    - ``compute`` (what the trainer calls) validates the weights and keeps the step's input in
+      ``last_input``, so the hooks need no arguments.
     - ``regularizer`` is added to the objective (e.g. uncertainty's log-sigma terms).
     - Learnable parameters are ordinary ``nn.Parameter``s: the trainer gives them to the
       optimiser (see ``optimizer_param_groups``) and saves ``state_dict()`` in checkpoints.
       Non-parameter state belongs in buffers or in ``extra_state`` so it is checkpointed too.
-    - ``before_optimizer_step`` / ``after_optimizer_step`` are hooks for methods that need them
-      (GradNorm renormalises its weights after the step; FAMO updates its logits).
+    - ``before_optimizer_step()`` / ``after_optimizer_step()`` are hooks for methods that need
+      them (GradNorm puts its weights' gradient in place before the step and renormalises them
+      after it; DTP updates its running accuracy after it). The trainer calls them only on steps
+      whose update is applied, after ``compute`` of that step; they read ``self.last_input``.
     """
 
     registry_name: ClassVar[str] = ""
-    #: True for gradient methods: the trainer must compute the Gramian of task gradients,
+    #: True for Gramian-level methods: the trainer must compute the Gramian of task gradients,
     #: which needs one batch of every task in the same step.
     needs_gramian: ClassVar[bool] = False
-    #: Where gradient methods take task gradients by default; configurable per run.
+    #: Where Gramian-level methods take task gradients when ``source`` is ``None``.
     default_source: ClassVar[GradientSource] = "representation"
+    #: True when the constructor itself takes arbitrary extra keyword options (torchjd's aggregator
+    #: arguments), so :func:`mtl.balancers.build_balancer` cannot list them.
+    open_options: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str], source: GradientSource | None = None) -> None:
         super().__init__()
@@ -72,6 +92,7 @@ class Balancer(nn.Module):
             raise ValueError(f"balancer source must be 'representation' or 'parameters', got {chosen!r}")
         self.source: GradientSource = chosen
         self.last_weights: dict[str, float] = {}
+        self.last_input: BalanceInput | None = None
 
     # ------------------------------------------------------------------ helpers
     def index(self, tasks: Sequence[str]) -> Tensor:
@@ -93,10 +114,12 @@ class Balancer(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "weight_decay": 0.0}] if params else []
 
-    def before_optimizer_step(self, inp: BalanceInput) -> None:
+    def before_optimizer_step(self) -> None:
+        """Called before the optimiser applies this step's update (``self.last_input`` is the step's input)."""
         return None
 
-    def after_optimizer_step(self, inp: BalanceInput) -> None:
+    def after_optimizer_step(self) -> None:
+        """Called after the optimiser applied this step's update (``self.last_input`` is the step's input)."""
         return None
 
     def log_values(self) -> dict[str, float]:
@@ -104,9 +127,10 @@ class Balancer(nn.Module):
         return {f"weight/{k}": v for k, v in self.last_weights.items()}
 
     def compute(self, inp: BalanceInput) -> Tensor:
-        """Validate and record the weights for ``inp``; what the trainer calls."""
+        """Validate and record the weights for ``inp`` (kept as ``last_input``); what the trainer calls."""
         if self.needs_gramian and inp.gramian is None:
             raise ValueError(f"balancer {self.registry_name!r} needs the Gramian of task gradients")
+        self.last_input = inp
         w = self.weights(inp)
         if w.shape != (len(inp.tasks),):
             raise ValueError(
@@ -115,6 +139,27 @@ class Balancer(nn.Module):
             )
         self.last_weights = {t: float(x) for t, x in zip(inp.tasks, w.detach().cpu().tolist(), strict=True)}
         return w
+
+
+def balancer_options(cls: type[Balancer]) -> dict[str, Any]:
+    """The keyword options ``cls(task_names, **options)`` accepts, with their defaults.
+
+    Walks the constructors up the class hierarchy while they forward ``**kwargs`` (a loss-level
+    method passes ``source`` on to :class:`Balancer`). A required option maps to
+    ``inspect.Parameter.empty``. ``source`` left at ``None`` means the class's ``default_source``.
+    """
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # drop self
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "task_names":
+                out.setdefault(p.name, p.default)
+        if klass is Balancer or not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
 
 
 BALANCERS: Registry[Balancer] = Registry("balancer")

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -54,7 +53,7 @@ def _print_scores(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    from mtl.evaluation.predict import load_checkpoint, score_dev, score_labelled, write_submission
+    from mtl.inference import load_checkpoint, score_dev, score_labelled, write_scores, write_submission
 
     try:
         ckpt = load_checkpoint(args.checkpoint, device=args.device)
@@ -78,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 files[task.strip()] = path.strip()
             result = score_labelled(ckpt, files, args.batch_size)
             name = "labelled"
-        out = Path(args.out) if args.out else ckpt.run_dir / "predictions" / name
-        out.mkdir(parents=True, exist_ok=True)
-        for task, rows in result["predictions"].items():
-            with (out / f"{task}_predictions.jsonl").open("w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        scores = {k: v for k, v in result.items() if k != "predictions"}
-        (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
+        out = write_scores(result, Path(args.out) if args.out else ckpt.run_dir / "predictions" / name)
         _print_scores(result)
         print(f"predictions and scores.json in {out}")
         return 0

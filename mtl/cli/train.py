@@ -1,4 +1,5 @@
-"""``mtl-train``: the Hydra app over ``configs/``; returns the best average dev macro-F1 (for sweepers)."""
+"""``mtl-train``: the Hydra app over ``mtl/conf/`` (``pkg://mtl.conf``); returns the best average dev macro-F1
+(for sweepers)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_MODULE = "mtl.conf"  # the configs ship inside the package: found the same way editable or from a wheel
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the same folder as a path (initialize_config_dir)
 log = logging.getLogger("mtl")
 
 
@@ -25,7 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (FileNotFoundError, BadRowError, EncoderLoadError, TrainingStopped, ValueError, KeyError, TypeError)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")
 def main(cfg: DictConfig) -> float:
     from mtl.training.run import run  # imported late so `--help` and `--cfg job` stay fast
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def _pass_batches(
@@ -140,3 +140,18 @@ class TaskStream:
         self._consumed = dict(state)
         self.sampler.load_state_dict(state)
         self._iter = None
+
+
+class LengthSortedSampler(Sampler[int]):
+    """Evaluation order: the rows sorted by length, longest first (a batch of similar lengths pads little,
+    and an out-of-memory shows at the first batch). ``order[i]`` is the dataset row visited ``i``-th, so the
+    evaluation puts each prediction back in the dataset's order."""
+
+    def __init__(self, lengths: Sequence[int]) -> None:
+        self.order: list[int] = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)

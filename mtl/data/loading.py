@@ -17,7 +17,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,36 @@ _CACHE_FORMAT_VERSION = "1"
 
 
 # ---------------------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass
+class DataSettings:
+    """The ``data`` config group (its defaults: ``mtl.config`` registers this class as ``data/default``)."""
+
+    root: str = "data"  # folder task paths are relative to; env MTL_DATA_DIR overrides
+    normalize: bool = True  # Tianchi normalisation (NFKD, no combining marks, lower-case, collapsed spaces)
+    on_bad_row: str = "error"  # error | skip (skipped rows are counted in the log and metrics.json)
+    dev_fraction: float = 0.1  # for stratified_fraction splits
+    max_train_per_task: int | None = None  # cap per task for quick runs (seeded, label-stratified); None = all
+    max_dev_per_task: int | None = None
+    cache_dir: str = "${oc.env:MTL_CACHE_DIR,${oc.env:HOME}/.cache/mtl}/tokenized"  # tokenised-data cache
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    group_by_length: bool = False  # batches of similar length (less padding); still shuffled
+    # shape bucketing (docs/scale.md): pad each batch up to a few lengths only, so kernels specialised per
+    # shape (oneDNN bf16 on CPU, torch.compile / CUDA graphs on GPU) are reused. Ladder first, then multiple.
+    length_buckets: list[int] | None = None  # pad to the smallest of these lengths that fits, e.g. [16, 32, 64]
+    pad_to_multiple_of: int | None = None  # else pad up to a multiple of N (e.g. 8 or 16); None: the longest row
+
+
+def data_settings(cfg: Any) -> dict[str, Any]:
+    """``cfg`` (a ``data`` node, a saved run's dict or a partial mapping) over :class:`DataSettings`' defaults."""
+    return {**{f.name: f.default for f in fields(DataSettings)}, **_plain(cfg)}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # config helpers
 
 
@@ -66,22 +96,27 @@ def _plain(cfg: Any) -> dict[str, Any]:
     raise TypeError(f"expected a mapping or DictConfig, got {type(cfg).__name__}")
 
 
-def _root_description(data_cfg: Any) -> str:
+def _root_description(data_cfg: Any, root: str | Path | None = None) -> str:
     cfg = _plain(data_cfg)
+    if root is not None:
+        return f"data root {str(root)!r} (given explicitly) -> {resolve_data_root(cfg, root)}"
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         return f"{DATA_DIR_ENV}={env!r} -> {resolve_data_root(cfg)}"
-    return f"data.root={cfg.get('root', 'data')!r} ({DATA_DIR_ENV} unset) -> {resolve_data_root(cfg)}"
+    return f"data.root={cfg.get('root') or DataSettings.root!r} ({DATA_DIR_ENV} unset) -> {resolve_data_root(cfg)}"
 
 
-def resolve_data_root(data_cfg: Any) -> Path:
-    """The folder task file paths are relative to: env ``MTL_DATA_DIR`` if set, else ``data.root`` (``data``).
+def resolve_data_root(data_cfg: Any, root: str | Path | None = None) -> Path:
+    """The folder task file paths are relative to: ``root`` if given (e.g. ``mtl-predict --data-root``), else
+    env ``MTL_DATA_DIR`` if set, else ``data.root`` (``data``).
 
     A relative root is taken from the directory the run was started in (Hydra's original cwd when Hydra
     is running, which equals the cwd with ``hydra.job.chdir=False``).
     """
-    env = os.environ.get(DATA_DIR_ENV)
-    root = Path(env if env else (_plain(data_cfg).get("root") or "data")).expanduser()
+    if root is None:
+        env = os.environ.get(DATA_DIR_ENV)
+        root = env if env else (_plain(data_cfg).get("root") or DataSettings.root)
+    root = Path(root).expanduser()
     if not root.is_absolute():
         base = Path.cwd()
         try:
@@ -189,7 +224,7 @@ def _spec(
         id_column=task.get("id_column", "id"),
         label_map={str(k): str(v) for k, v in (task.get("label_map") or {}).items()},
         unlabelled_values=tuple(str(v) for v in (unlabelled or ())),
-        on_bad_row=data.get("on_bad_row", "error"),
+        on_bad_row=data["on_bad_row"],
         root_hint=root_hint,
         options=dict(options or {}),
     )
@@ -217,14 +252,18 @@ def _normalise(examples: Sequence[Example]) -> list[Example]:
     return [replace(e, texts=tuple(tianchi_normalize(t) for t in e.texts)) for e in examples]
 
 
-def load_task(name: str, task_cfg: Any, data_cfg: Any, seed: int = 0) -> TaskData:
+def load_task(
+    name: str, task_cfg: Any, data_cfg: Any, seed: int = 0, root: str | Path | None = None
+) -> TaskData:
     """Read, split, cap (``data.max_train_per_task`` / ``max_dev_per_task``) and normalise one task.
+
+    ``root``: the folder the task's files are relative to (default: :func:`resolve_data_root`'s choice).
 
     Raises ``FileNotFoundError`` (naming the path and the data root it came from) for a missing file and
     :class:`~mtl.data.readers.BadRowError` for a bad row under ``data.on_bad_row=error``.
     """
     task = _plain(task_cfg)
-    data = _plain(data_cfg)
+    data = data_settings(data_cfg)
     for key in ("labels", "text_columns"):
         if not task.get(key):
             raise ValueError(f"task {name!r}: `{key}` is missing from its config")
@@ -234,8 +273,8 @@ def load_task(name: str, task_cfg: Any, data_cfg: Any, seed: int = 0) -> TaskDat
     label_names = [str(x) for x in (task.get("label_names") or labels)]
     if len(label_names) != len(labels):
         raise ValueError(f"task {name!r}: {len(label_names)} label_names for {len(labels)} labels")
-    root = resolve_data_root(data)
-    root_hint = _root_description(data)
+    root_hint = _root_description(data, root)
+    root = resolve_data_root(data, root)
 
     split_cfg = dict(task.get("split") or {"method": "stratified_fraction"})
     method = split_cfg.get("method", "stratified_fraction")
@@ -246,7 +285,7 @@ def load_task(name: str, task_cfg: Any, data_cfg: Any, seed: int = 0) -> TaskDat
             raise ValueError(f"task {name!r}: split id_at_least needs `threshold`")
         train, dev = id_at_least(examples, int(split_cfg["threshold"]))
     elif method == "stratified_fraction":
-        fraction = float(split_cfg.get("fraction", data.get("dev_fraction", 0.1)))
+        fraction = float(split_cfg.get("fraction", data["dev_fraction"]))
         train, dev = stratified_fraction(examples, fraction, seed)
     elif method == "files":
         dev_examples, dev_report = _read_source(task, name, "dev", data, root, root_hint)
@@ -262,9 +301,9 @@ def load_task(name: str, task_cfg: Any, data_cfg: Any, seed: int = 0) -> TaskDat
         )
 
     task_report.train_before_cap, task_report.dev_before_cap = len(train), len(dev)
-    train = stratified_subsample(train, data.get("max_train_per_task"), seed)
-    dev = stratified_subsample(dev, data.get("max_dev_per_task"), seed + 1)
-    if data.get("normalize", True):
+    train = stratified_subsample(train, data["max_train_per_task"], seed)
+    dev = stratified_subsample(dev, data["max_dev_per_task"], seed + 1)
+    if data["normalize"]:
         train, dev = _normalise(train), _normalise(dev)
     check_disjoint(train, dev, name)
     task_report.train, task_report.dev = len(train), len(dev)
@@ -274,15 +313,20 @@ def load_task(name: str, task_cfg: Any, data_cfg: Any, seed: int = 0) -> TaskDat
     )
 
 
-def load_test_sets(name: str, task_cfg: Any, data_cfg: Any) -> dict[str, list[Example]]:
-    """Read the unlabelled test files (``test_files: {a: ..., b: ...}``), normalised like the train data."""
+def load_test_sets(
+    name: str, task_cfg: Any, data_cfg: Any, root: str | Path | None = None
+) -> dict[str, list[Example]]:
+    """Read the unlabelled test files (``test_files: {a: ..., b: ...}``), normalised like the train data.
+
+    ``root``: the folder the test files are relative to (default: :func:`resolve_data_root`'s choice).
+    """
     task = _plain(task_cfg)
-    data = _plain(data_cfg)
+    data = data_settings(data_cfg)
     test_files = task.get("test_files") or {}
     id_column = task.get("test_id_column", "id")
     columns = task.get("test_columns") or [id_column, *task["text_columns"]]
-    root = resolve_data_root(data)
-    root_hint = _root_description(data)
+    root_hint = _root_description(data, root)
+    root = resolve_data_root(data, root)
     out: dict[str, list[Example]] = {}
     for split, rel in test_files.items():
         examples, _ = read_unlabelled_tsv(
@@ -290,10 +334,10 @@ def load_test_sets(name: str, task_cfg: Any, data_cfg: Any) -> dict[str, list[Ex
             columns=columns,
             text_columns=task["text_columns"],
             id_column=id_column,
-            on_bad_row=data.get("on_bad_row", "error"),
+            on_bad_row=data["on_bad_row"],
             root_hint=root_hint,
         )
-        out[str(split)] = _normalise(examples) if data.get("normalize", True) else examples
+        out[str(split)] = _normalise(examples) if data["normalize"] else examples
     return out
 
 
@@ -453,14 +497,51 @@ def tokenize_examples(
     )
 
 
-def collate(
-    tokenizer: Any, keys: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids", "labels")
-) -> Callable[[list[Mapping[str, Any]]], dict[str, torch.Tensor]]:
-    """A collate function that pads rows to the longest in the batch and returns ``torch.long`` tensors.
+def collate_for(data_cfg: Any, tokenizer: Any) -> Callable[[list[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+    """The collate function of a run: ``data.length_buckets`` / ``data.pad_to_multiple_of`` applied."""
+    data = data_settings(data_cfg)
+    return collate(tokenizer, buckets=data["length_buckets"], pad_to_multiple_of=data["pad_to_multiple_of"])
 
-    Only ``keys`` present in the rows are returned (``length`` is left out: it is for batching, not for the
-    model). Pads with the tokenizer's pad id on its ``padding_side``; masks and token types pad with 0.
+
+def tokenize_split(examples: Sequence[Example], tokenizer: Any, max_length: int, data_cfg: Any) -> datasets.Dataset:
+    """How a run tokenises a split: cached under ``data.cache_dir``, keyed also by the data settings that
+    change the texts (``data.normalize``). Training, vocabulary trimming and the benchmarks all call this."""
+    return tokenize_examples(
+        examples, tokenizer, int(max_length), data_cfg.cache_dir, [f"normalize={data_cfg.normalize}"]
+    )
+
+
+def padded_length(longest: int, buckets: Sequence[int] | None = None, multiple: int | None = None) -> int:
+    """The length a batch whose longest row has ``longest`` tokens is padded to.
+
+    ``buckets``: the smallest bucket that holds ``longest`` (beyond the largest: ``longest`` itself, or its
+    multiple); else ``multiple``: ``longest`` rounded up to a multiple of it; else ``longest``.
     """
+    for b in sorted(int(x) for x in buckets or ()):
+        if b >= longest:
+            return b
+    if multiple:
+        m = int(multiple)
+        return -(-longest // m) * m
+    return longest
+
+
+def collate(
+    tokenizer: Any,
+    keys: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids", "labels"),
+    buckets: Sequence[int] | None = None,
+    pad_to_multiple_of: int | None = None,
+) -> Callable[[list[Mapping[str, Any]]], dict[str, torch.Tensor]]:
+    """A collate function that pads rows to one length and returns ``torch.long`` tensors.
+
+    The length is the longest row's, raised by :func:`padded_length` to a bucket or a multiple when given
+    (shape bucketing). Only ``keys`` present in the rows are returned (``length`` is left out: it is for
+    batching, not for the model). Pads with the tokenizer's pad id on its ``padding_side``; masks and token
+    types pad with 0.
+    """
+    for value in [*(buckets or ()), *([pad_to_multiple_of] if pad_to_multiple_of is not None else [])]:
+        if int(value) < 1:
+            raise ValueError(f"padding lengths must be positive, got {value} (data.length_buckets / data.pad_to_multiple_of)")
     import torch
 
     pad_id = tokenizer.pad_token_id
@@ -476,7 +557,7 @@ def collate(
         if not rows:
             raise ValueError("empty batch")
         batch: dict[str, torch.Tensor] = {}
-        longest = max(len(_list(r["input_ids"])) for r in rows)
+        longest = padded_length(max(len(_list(r["input_ids"])) for r in rows), buckets, pad_to_multiple_of)
         for key in keys:
             if key not in rows[0]:
                 continue

@@ -3,11 +3,14 @@
 * ``curves.png``: dev macro-F1 per task (and their average) and the training loss per task, over steps;
 * ``balancer_weights.png``: the task weights in force at each logged step (+ gradient cosines when logged);
 * ``sampler_proportions.png``: the realised share of steps per task, over training and at the end;
-* ``confusion_matrices.png``: one confusion matrix per task on the dev set, from the best checkpoint.
+* ``confusion_matrices.png``: one confusion matrix per task on the dev set, from the best evaluation's
+  predictions (``dev_predictions.json``).
 
-Everything is read from the run's own files (``train_log.csv``, ``eval_log.csv``, ``metrics.json``), so
-``write_run_plots(run_dir)`` also re-draws the plots of a finished run. Matplotlib's object API with the
-Agg canvas is used directly: no pyplot state, no display needed, the caller's backend is left alone.
+Everything is read from the run's own files (``train_log.csv``, ``eval_log.csv``, ``metrics.json``,
+``dev_predictions.json``), so ``write_run_plots(run_dir)`` also re-draws the plots of a finished run; at the
+end of training :func:`write_run_outputs` first writes ``dev_predictions.json`` from the best evaluation
+the trainer kept (no model, no re-evaluation). Matplotlib's object API with the Agg canvas is used
+directly: no pyplot state, no display needed, the caller's backend is left alone.
 A plot that cannot be drawn is skipped with a warning; it never fails the run.
 """
 
@@ -19,13 +22,22 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from mtl.evaluation.results import EvalResult
+
 log = logging.getLogger(__name__)
 
-__all__ = ["read_log", "write_run_plots", "plot_confusion_matrices"]
+__all__ = [
+    "plot_confusion_matrices",
+    "read_log",
+    "write_dev_predictions",
+    "write_run_outputs",
+    "write_run_plots",
+]
 
 
 def read_log(path: str | Path) -> dict[str, np.ndarray]:
@@ -268,35 +280,58 @@ def write_run_plots(
     return written
 
 
-def write_run_plots_after_fit(
-    trainer: Any, run_dir: str | Path, metrics: Mapping[str, Any], label_names: Mapping[str, Sequence[str]]
-) -> list[Path]:
-    """End of ``run()``: the best checkpoint's dev predictions (``dev_predictions.json``) and every plot.
+def write_dev_predictions(
+    run_dir: str | Path, best: EvalResult, label_names: Mapping[str, Sequence[str]]
+) -> dict[str, tuple[list[int], list[int]]]:
+    """Write ``dev_predictions.json`` of the best evaluation; returns ``{task: (labels, predictions)}``.
 
-    Reloads ``checkpoints/best.pt`` into ``trainer.model`` (the current weights if it was not saved) and
-    re-evaluates dev keeping the predictions, for the confusion matrices. Never raises: a failure is a
-    warning in the log, and the run's metrics are already written.
+    The file: ``{"step": ..., "tasks": {task: {"label_names": [...], "labels": [...], "predictions": [...]}}}``.
+    An evaluation that kept no predictions writes nothing (and returns ``{}``).
+    """
+    from mtl.utils.files import write_json
+
+    predictions = {t: (list(best.labels[t]), list(best.predictions[t])) for t in best.predictions}
+    if not predictions:
+        return {}
+    write_json(
+        Path(run_dir) / "dev_predictions.json",
+        {
+            "step": best.step,
+            "tasks": {
+                t: {"label_names": list(label_names.get(t) or []), "labels": y, "predictions": p}
+                for t, (y, p) in predictions.items()
+            },
+        },
+    )
+    return predictions
+
+
+def write_run_outputs(
+    run_dir: str | Path,
+    metrics: Mapping[str, Any],
+    label_names: Mapping[str, Sequence[str]],
+    best: EvalResult | None,
+) -> list[Path]:
+    """End of a run: the best evaluation's dev predictions (``dev_predictions.json``) and every plot.
+
+    ``best``: the best dev evaluation, with the predictions and labels it kept (the confusion matrices);
+    nothing is re-evaluated. Never raises: a failure is a warning in the log, and the run's metrics are
+    already written.
     """
     run_dir = Path(run_dir)
     predictions = None
     step = None
     try:
-        from mtl.evaluation.predict import best_dev_predictions
-        from mtl.utils.files import write_json
-
-        best = best_dev_predictions(trainer, run_dir / "checkpoints" / "best.pt")
-        step = int(metrics.get("best_step", best.step)) if (run_dir / "checkpoints" / "best.pt").is_file() else best.step
-        predictions = {t: (best.labels[t], best.predictions[t]) for t in best.predictions}
-        write_json(
-            run_dir / "dev_predictions.json",
-            {
-                "step": step,
-                "tasks": {
-                    t: {"label_names": list(label_names.get(t) or []), "labels": y, "predictions": p}
-                    for t, (y, p) in predictions.items()
-                },
-            },
-        )
+        if best is None or not best.predictions:
+            log.warning("no predictions of the best dev evaluation: no dev_predictions.json, no confusion matrices")
+        else:
+            predictions = write_dev_predictions(run_dir, best, label_names)
+            step = best.step
     except Exception as exc:  # noqa: BLE001 - never lose a finished run over its plots
-        log.warning("could not compute the best checkpoint's dev predictions: %s: %s", type(exc).__name__, exc)
-    return write_run_plots(run_dir, metrics, predictions, label_names, step)
+        log.warning("could not write the best evaluation's dev predictions: %s: %s", type(exc).__name__, exc)
+        predictions, step = None, None
+    try:
+        return write_run_plots(run_dir, metrics, predictions or None, label_names, step)
+    except Exception as exc:  # noqa: BLE001 - write_run_plots catches per plot; this is a last guard
+        log.warning("could not draw the plots of %s: %s: %s", run_dir, type(exc).__name__, exc)
+        return []

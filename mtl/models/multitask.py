@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from mtl.models.heads import ClassificationHead, Pooling, init_head_, pool
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class ModelSettings:
+    """The ``model`` config group (registered as ``model/default`` by ``mtl.config``): per-task heads on the
+    shared encoder's pooled output (the pooling is set by the encoder config)."""
+
+    head: str = "linear"  # linear | mlp
+    dropout: float = 0.1
 
 
 class MultiTaskModel(nn.Module):
@@ -24,8 +34,8 @@ class MultiTaskModel(nn.Module):
         encoder: nn.Module,
         num_labels: Mapping[str, int],
         pooling: Pooling = "cls",
-        head: str = "linear",
-        dropout: float = 0.1,
+        head: str = ModelSettings.head,
+        dropout: float = ModelSettings.dropout,
     ) -> None:
         super().__init__()
         self.encoder = encoder

@@ -121,10 +121,9 @@ def trim_vocabulary(encoder: nn.Module, tokenizer: Any, datasets: Iterable[Any])
 
 def trim_for_run(encoder: nn.Module, tokenizer: Any, cfg: Any, datasets: Sequence[Any]) -> TrimReport:
     """What ``run()`` calls: the train/dev datasets given, plus each task's test files when they exist."""
-    from mtl.data.loading import load_test_sets, tokenize_examples
+    from mtl.data.loading import load_test_sets, tokenize_split
 
     extra: list[Any] = []
-    fingerprint = [f"normalize={cfg.data.normalize}"]
     for task in cfg.tasks:
         try:
             tests = load_test_sets(task, cfg.tasks[task], cfg.data)
@@ -133,9 +132,7 @@ def trim_for_run(encoder: nn.Module, tokenizer: Any, cfg: Any, datasets: Sequenc
             continue
         for examples in tests.values():
             if examples:
-                extra.append(
-                    tokenize_examples(examples, tokenizer, int(cfg.encoder.max_length), cfg.data.cache_dir, fingerprint)
-                )
+                extra.append(tokenize_split(examples, tokenizer, int(cfg.encoder.max_length), cfg.data))
     return trim_vocabulary(encoder, tokenizer, [*datasets, *extra])
 
 

@@ -1,21 +1,39 @@
 """Task samplers: a registry of rules for which tasks feed each step.
 
-Built-ins (see :mod:`mtl.samplers.simple`): ``proportional``, ``uniform``, ``temperature``,
-``annealed``, ``round_robin``, ``all_tasks``. Users add their own with
-``@register_sampler("name")`` on a :class:`TaskSampler` (or :class:`ProbabilitySampler`)
-subclass. The epoch definition is in :mod:`mtl.samplers.base`.
+One module per built-in (formula and knobs in its docstring):
+
+============== ==========================================================================
+name           rule
+============== ==========================================================================
+proportional   one task per step, ``p_i = n_i / sum_j n_j`` (the Tianchi baseline)
+uniform        one task per step, ``p_i = 1 / #tasks``
+temperature    one task per step, ``p_i ∝ n_i^(1/T)`` (T=1 proportional, T->inf uniform)
+annealed       ``temperature`` with T moving linearly from ``t_start`` to ``t_end``
+round_robin    tasks in the config's order, cyclically, one per step
+all_tasks      one batch of every task each step (``one_task_per_step = False``)
+============== ==========================================================================
+
+``n_i`` is task i's size after the cap. Users add their own with ``@register_sampler("name")`` on a
+:class:`TaskSampler` (or :class:`ProbabilitySampler`) subclass. The contract and the epoch definition
+are in :mod:`mtl.samplers.base`.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from mtl.samplers import simple  # noqa: F401  (registers the built-in samplers)
-from mtl.samplers.base import SAMPLERS, ProbabilitySampler, TaskSampler, register_sampler
+from mtl.samplers import (  # noqa: F401  (each module registers its sampler)
+    all_tasks,
+    annealed,
+    proportional,
+    round_robin,
+    temperature,
+    uniform,
+)
+from mtl.samplers.base import SAMPLERS, ProbabilitySampler, TaskSampler, register_sampler, sampler_options
 
-__all__ = ["SAMPLERS", "ProbabilitySampler", "TaskSampler", "register_sampler", "build_sampler"]
+__all__ = ["SAMPLERS", "ProbabilitySampler", "TaskSampler", "register_sampler", "build_sampler", "sampler_options"]
 
 
 def build_sampler(name: str, task_sizes: Mapping[str, int], seed: int = 0, **kwargs: Any) -> TaskSampler:
@@ -26,10 +44,9 @@ def build_sampler(name: str, task_sizes: Mapping[str, int], seed: int = 0, **kwa
     than a bare ``TypeError`` from deep inside Hydra's call.
     """
     cls = SAMPLERS.get(name)
-    params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not takes_any:
-        accepted = [p for p in params if p not in ("self", "task_sizes", "seed")]
+    options = sampler_options(cls)
+    if options is not None:
+        accepted = list(options)
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             raise TypeError(f"sampler {name!r} got unknown option(s) {unknown}; it takes {accepted}")

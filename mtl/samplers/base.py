@@ -25,11 +25,14 @@ Epoch definition (:meth:`TaskSampler.steps_per_epoch`)
     uses this to turn ``trainer.max_epochs`` into ``max_steps``.
 
 Probability-based samplers subclass :class:`ProbabilitySampler` and only define
-:meth:`~TaskSampler.probabilities`; the draw and its checkpointing are shared.
+:meth:`~TaskSampler.probabilities`; the draw and its checkpointing are shared. :func:`tempered`
+is the size-temperature rule shared by ``temperature`` and ``annealed``; :func:`sampler_options`
+lists what a sampler's constructor takes from the config.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -87,19 +90,11 @@ class TaskSampler:
         """Expected share of task batches at ``step``, in ``task_names`` order (sums to 1).
 
         The trainer logs it next to :meth:`proportions` (the realised share). Samplers
-        that cannot state it leave this unimplemented; see :meth:`expected_proportions`.
+        that cannot state it leave this unimplemented (it raises ``NotImplementedError``).
         """
         raise NotImplementedError(
             f"sampler {self.registry_name or type(self).__name__!r} has no probabilities"
         )
-
-    def expected_proportions(self, step: int, max_steps: int) -> dict[str, float] | None:
-        """:meth:`probabilities` as a name -> share dict, or None if the sampler has none."""
-        try:
-            p = self.probabilities(step, max_steps)
-        except NotImplementedError:
-            return None
-        return {t: float(x) for t, x in zip(self.task_names, p, strict=True)}
 
     # -- what the trainer calls -------------------------------------------------------------
     def draw(self, step: int, max_steps: int) -> list[str]:
@@ -177,6 +172,19 @@ def tempered(sizes: np.ndarray, temperature: float) -> np.ndarray:
     logits = np.log(sizes) / temperature
     w = np.exp(logits - logits.max())
     return w / w.sum()
+
+
+#: constructor arguments that the run supplies, not the ``sampler`` config group
+RUN_SUPPLIED = ("self", "task_sizes", "seed")
+
+
+def sampler_options(cls: type[TaskSampler]) -> dict[str, Any] | None:
+    """The config options ``cls``'s constructor takes (``task_sizes`` and ``seed`` come from the run),
+    with their defaults (``inspect.Parameter.empty`` when required); ``None`` when it takes ``**kwargs``."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n: p.default for n, p in params.items() if n not in RUN_SUPPLIED}
 
 
 SAMPLERS: Registry[TaskSampler] = Registry("sampler")

@@ -29,6 +29,11 @@ from mtl.utils.files import atomic_save, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "FORMAT", "LAST", "atomic_save", "capture_rng", "config_differences", "load", "load_optimizer_state",
+    "preserve_torch_rng", "resolve_resume", "restore_rng",
+]
+
 FORMAT = "mtl-trainer-checkpoint/1"
 LAST = "last.pt"
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ from tqdm.auto import tqdm
 
 from mtl.balancers.base import Balancer
 from mtl.data.batching import TaskStream
-from mtl.evaluation.metrics import TaskScores, average_macro_f1, format_table, task_scores
+from mtl.evaluation.metrics import format_table, task_scores
+from mtl.evaluation.results import EvalResult
 from mtl.models.multitask import MultiTaskModel
 from mtl.samplers.base import TaskSampler
 from mtl.training import checkpoint as ckpt
 from mtl.training import distributed as mdist
-from mtl.training.gradients import GradientEngine, StepGradients, batch_rows, split_batch
+from mtl.training.engine import GradientEngine, StepResult, batch_rows, split_batch
 from mtl.training.loggers import CSVLogger, MetricsLogger
 from mtl.training.optim import build_optimizer, build_scheduler
 from mtl.utils.device import resolve_device
@@ -47,28 +49,38 @@ class OutOfMemory(TrainingStopped):
     """The accelerator ran out of memory; the message says which settings to lower."""
 
 
+#: the fields of TrainerSettings that form the ``optim`` config group (the rest form ``trainer``)
+OPTIM_KEYS = ("lr", "head_lr", "weight_decay", "warmup", "grad_clip")
+
+
 @dataclass
 class TrainerSettings:
-    max_steps: int = 1000
-    eval_every: int = 200
-    log_every: int = 10
-    lr: float = 3e-5
-    head_lr: float | None = 1e-3
+    """The ``optim`` and ``trainer`` config groups in one place: these defaults ARE the groups' defaults
+    (``mtl.config`` registers them with Hydra), so Python and the command line train the same way."""
+
+    # --- optim: AdamW with separate encoder and head learning rates, linear warm-up then linear decay
+    lr: float = 5.0e-5  # encoder
+    head_lr: float | None = 1.0e-3  # task heads (None: same as lr)
     weight_decay: float = 0.01
-    warmup: float = 0.1
-    grad_clip: float | None = 1.0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    warmup: float = 0.1  # fraction of training (< 1) or a number of steps (>= 1)
+    grad_clip: float | None = 1.0  # max global gradient norm (None: off)
+    # --- trainer: the loop
+    max_steps: int = 2000
+    max_epochs: float | None = None  # if set, overrides max_steps (an epoch as the sampler defines it)
+    eval_every: int = 500  # evaluate on dev every N steps, and always at the end
+    log_every: int = 10
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    early_stopping_patience: int | None = None
-    save_best: bool = True
-    max_consecutive_nonfinite: int = 5
+    early_stopping_patience: int | None = None  # stop after N evaluations without a better average macro-F1
+    save_best: bool = True  # checkpoints/best.pt holds the best average dev macro-F1
+    max_consecutive_nonfinite: int = 5  # steps with NaN/inf loss are skipped; this many in a row stop the run
     progress: bool = True
-    ema_accuracy: float = 0.9
+    # --- speed and scale (docs/scale.md)
     grad_accum_steps: int = 1  # split each task batch into k micro-batches (same update, ~1/k activations)
-    compile: bool | str = False  # torch.compile the encoder (true, or a mode: reduce-overhead, max-autotune)
-    tf32: bool = True  # TF32 matmuls/convolutions on CUDA
-    checkpoint_every: int | None = 500  # full resumable state to checkpoints/last.pt (and at the end); 0/None: off
-    resume: str | None = None  # auto | <checkpoint file> | <run dir>
+    compile: bool | str = False  # torch.compile the encoder (true, or a mode: reduce-overhead | max-autotune)
+    tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs (ignored on CPU)
+    checkpoint_every: int | None = 500  # full resumable state to checkpoints/last.pt every N steps and at the end
+    resume: str | None = None  # auto (this run dir's last.pt) | <checkpoint file> | <run dir>
 
 
 class NullLogger:
@@ -82,28 +94,47 @@ class NullLogger:
 
 
 @dataclass
-class EvalResult:
-    step: int
-    scores: dict[str, TaskScores]
-    predictions: dict[str, list[int]] = field(default_factory=dict)
-    labels: dict[str, list[int]] = field(default_factory=dict)
+class TrainerState:
+    """Everything about the run's progress, saved and restored as a whole (with the model, optimiser,
+    scheduler, scaler, balancer, sampler, streams and RNG states, in :meth:`Trainer.state_dict`)."""
+
+    step: int = 0
+    best_metric: float = -math.inf
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    nonfinite_skipped: int = 0
+    overflow_skipped: int = 0  # fp16: steps the loss scaler skipped while lowering its scale
+    consecutive_nonfinite: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: EvalResult | None = None
+    best_eval: EvalResult | None = None
+    stopped_early: bool = False
+    finished: bool = False
+    last_grad_norm: float | None = None
+    resumed_from: str | None = None
 
     @property
-    def average(self) -> float:
-        return average_macro_f1(self.scores)
-
-    def flat(self) -> dict[str, float]:
-        out = {"avg_macro_f1": self.average}
-        for t, s in self.scores.items():
-            out.update({f"{t}/macro_f1": s.macro_f1, f"{t}/accuracy": s.accuracy, f"{t}/loss": s.loss})
-        return out
+    def samples_per_second(self) -> float:
+        return self.samples_seen / max(self.train_seconds, 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "scores": {t: vars(s) for t, s in self.scores.items()}}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["history"] = list(self.history)
+        for key in ("last_eval", "best_eval"):
+            out[key] = out[key].to_dict() if out[key] is not None else None
+        return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
-        return cls(int(d["step"]), {t: TaskScores(**s) for t, s in d["scores"].items()})
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainerState:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for key in ("last_eval", "best_eval"):
+            if kw.get(key) is not None:
+                kw[key] = EvalResult.from_dict(kw[key])
+        kw["history"] = list(kw.get("history") or [])
+        return cls(**kw)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -192,23 +223,11 @@ class Trainer:
         )
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._shared_ids = {id(p) for p in self.model.shared_parameters()}
-        self.step = 0
-        self.best_metric = -math.inf
-        self.best_step = -1
-        self.evals_without_improvement = 0
-        self.task_accuracy: dict[str, float] = {}
-        self.nonfinite_skipped = 0
-        self.overflow_skipped = 0  # fp16: steps the loss scaler skipped while lowering its scale
-        self._consecutive_nonfinite = 0
-        self.samples_seen = 0
-        self.train_seconds = 0.0
-        self.history: list[dict[str, Any]] = []
-        self.last_eval: EvalResult | None = None
-        self.best_eval: EvalResult | None = None
-        self.stopped_early = False
-        self.finished = False
-        self.resumed_from: Path | None = None
-        self._last_grad_norm: float | None = None
+        self.state = TrainerState()
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -258,7 +277,7 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ one step
-    def train_step(self) -> StepGradients | None:
+    def train_step(self) -> StepResult | None:
         s = self.settings
         tasks = self.sampler.draw(self.step, s.max_steps)
         batches = self._next_batches(tasks)
@@ -269,10 +288,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise OutOfMemory(self._oom_message("training", batches)) from exc
 
-    def _train_step(self, batches: Mapping[str, list[dict[str, Tensor]]]) -> StepGradients | None:
+    def _train_step(self, batches: Mapping[str, list[dict[str, Tensor]]]) -> StepResult | None:
         s = self.settings
         fp16 = self.precision == "fp16"
-        result = self.engine.step(batches, self.step, s.max_steps, self.task_accuracy)
+        result = self.engine.step(batches, self.step, s.max_steps)
         if self.world_size > 1:
             # average every gradient over ranks (parameters mode already averaged the shared ones)
             skip = self._shared_ids if result.shared_grads_reduced else set()
@@ -301,7 +320,7 @@ class Trainer:
         if overflow:
             self.scaler.update()  # found inf: lowers the scale; the optimiser step is skipped
             self.optimizer.zero_grad(set_to_none=True)
-            self.overflow_skipped += 1
+            self.state.overflow_skipped += 1
             log.debug("step %d: fp16 gradient overflow, loss scale now %g", self.step, self.scaler.get_scale())
             self._skip_step()
             return None
@@ -309,54 +328,57 @@ class Trainer:
             if unscaled:
                 self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_skipped += 1
-            self._consecutive_nonfinite += 1
+            self.state.nonfinite_skipped += 1
+            self.state.consecutive_nonfinite += 1
             what = "the gradient (finite losses)" if bad == ["(gradient)"] else f"task {', '.join(bad)}"
             log.warning("step %d: non-finite loss or gradient (%s); step skipped", self.step, what)
-            if self._consecutive_nonfinite >= s.max_consecutive_nonfinite:
+            if self.state.consecutive_nonfinite >= s.max_consecutive_nonfinite:
                 raise TrainingStopped(
-                    f"{self._consecutive_nonfinite} consecutive steps with a non-finite loss or gradient "
+                    f"{self.state.consecutive_nonfinite} consecutive steps with a non-finite loss or gradient "
                     f"(last: {what} at step {self.step}); try a lower optim.lr, "
                     "trainer.precision=fp32, or check the data of that task"
                 )
             self._skip_step()
             return None
-        self._consecutive_nonfinite = 0
-        inp = result.balance_input
-        self.balancer.before_optimizer_step(inp)
+        self.state.consecutive_nonfinite = 0
+        self.balancer.before_optimizer_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.balancer.after_optimizer_step(inp)
+        self.balancer.after_optimizer_step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for t, (correct, n) in result.correct.items():
-            acc = correct / max(n, 1)
-            prev = self.task_accuracy.get(t)
-            self.task_accuracy[t] = acc if prev is None else s.ema_accuracy * prev + (1 - s.ema_accuracy) * acc
-            self.samples_seen += n
-        self._last_grad_norm = grad_norm
-        self.step += 1
+        self.state.samples_seen += sum(n for _, n in result.counts.values())
+        self.state.last_grad_norm = grad_norm
+        self.state.step += 1
         return result
 
     def _skip_step(self) -> None:
         """A skipped step still uses up its data and its place in the schedule."""
-        self.step += 1
+        self.state.step += 1
         with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended here
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
             self.scheduler.step()
 
     # ------------------------------------------------------------------ evaluation
-    def _shard(self, loader: DataLoader) -> tuple[DataLoader, int | None]:
-        """This rank's strided share of a sequential loader (rank r: rows r, r+W, ...); no padding."""
-        if self.world_size <= 1 or not isinstance(loader.sampler, SequentialSampler) or loader.batch_size is None:
+    def _visit_order(self, loader: DataLoader, sharded: bool) -> tuple[DataLoader, list[int] | None]:
+        """The loader to evaluate in this process and the dataset rows it visits, in visiting order.
+
+        A loader whose sampler has an ``order`` (:class:`~mtl.data.batching.LengthSortedSampler`) visits
+        its rows sorted by length; sharded under torch.distributed, rank ``r`` takes every ``W``-th row of
+        that order. ``None``: the loader is used as it is, rows in the dataset's order.
+        """
+        order = getattr(loader.sampler, "order", None)
+        shard = sharded and self.world_size > 1 and loader.batch_size is not None
+        if order is None and not (shard and isinstance(loader.sampler, SequentialSampler)):
             return loader, None
-        n = len(loader.dataset)  # type: ignore[arg-type]
-        subset = Subset(loader.dataset, list(range(self.rank, n, self.world_size)))
-        shard = DataLoader(
-            subset, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
+        rows = list(order) if order is not None else list(range(len(loader.dataset)))  # type: ignore[arg-type]
+        if shard:
+            rows = rows[self.rank :: self.world_size]
+        sub = DataLoader(
+            Subset(loader.dataset, rows), batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
             num_workers=loader.num_workers, pin_memory=loader.pin_memory,
         )
-        return shard, n
+        return sub, rows
 
     @torch.no_grad()
     def evaluate(
@@ -380,7 +402,7 @@ class Trainer:
         self.model.eval()
         scores, preds_all, labels_all = {}, {}, {}
         for task, full_loader in loaders.items():
-            loader, n_total = self._shard(full_loader) if sharded else (full_loader, None)
+            loader, rows = self._visit_order(full_loader, sharded)
             preds: list[int] = []
             labels: list[int] = []
             loss_sum, n = 0.0, 0
@@ -393,13 +415,16 @@ class Trainer:
                 n += int(y.numel())
                 preds.extend(logits.argmax(-1).tolist())
                 labels.extend(y.tolist())
-            if n_total is not None:  # gather the shards back into the dataset's order
-                parts = mdist.all_gather_object((preds, labels, loss_sum, n))
-                preds, labels = [0] * n_total, [0] * n_total
+            if rows is not None:  # put every prediction back at its dataset row (gathering the shards)
+                parts = [(rows, preds, labels, loss_sum, n)]
+                if sharded and self.world_size > 1:
+                    parts = mdist.all_gather_object(parts[0])
+                total = len(full_loader.dataset)  # type: ignore[arg-type]
+                preds, labels = [0] * total, [0] * total
                 loss_sum, n = 0.0, 0
-                for r, (p, lab, ls, k) in enumerate(parts):
-                    preds[r :: self.world_size] = p
-                    labels[r :: self.world_size] = lab
+                for idx, p, lab, ls, k in parts:
+                    for i, pi, li in zip(idx, p, lab, strict=True):
+                        preds[i], labels[i] = pi, li
                     loss_sum += ls
                     n += k
             scores[task] = task_scores(labels, preds, self.model.num_labels[task], loss_sum / max(n, 1))
@@ -439,27 +464,10 @@ class Trainer:
             "rng": rng,
             "world_size": self.world_size,
             "logger": self._logger_state(),
-            "trainer": {
-                "step": self.step,
-                "best_metric": self.best_metric,
-                "best_step": self.best_step,
-                "evals_without_improvement": self.evals_without_improvement,
-                "task_accuracy": dict(self.task_accuracy),
-                "nonfinite_skipped": self.nonfinite_skipped,
-                "overflow_skipped": self.overflow_skipped,
-                "consecutive_nonfinite": self._consecutive_nonfinite,
-                "samples_seen": self.samples_seen,
-                "train_seconds": self.train_seconds,
-                "history": list(self.history),
-                "last_eval": self.last_eval.to_dict() if self.last_eval else None,
-                "best_eval": self.best_eval.to_dict() if self.best_eval else None,
-                "stopped_early": self.stopped_early,
-                "finished": self.finished,
-                "last_grad_norm": self._last_grad_norm,
-            },
+            "trainer": self.state.to_dict(),
             # what a plain model checkpoint has too, so last.pt also serves for prediction
             "step": self.step,
-            "avg_macro_f1": self.best_metric,
+            "avg_macro_f1": self.state.best_metric,
             **self.checkpoint_meta,
         }
 
@@ -494,23 +502,7 @@ class Trainer:
             raise ValueError(f"the checkpoint has no data position for tasks {sorted(missing)}")
         for t, stream in self.streams.items():
             stream.load_state_dict(state["streams"][t])
-        tr = state["trainer"]
-        self.step = int(tr["step"])
-        self.best_metric = float(tr["best_metric"])
-        self.best_step = int(tr["best_step"])
-        self.evals_without_improvement = int(tr["evals_without_improvement"])
-        self.task_accuracy = dict(tr["task_accuracy"])
-        self.nonfinite_skipped = int(tr["nonfinite_skipped"])
-        self.overflow_skipped = int(tr.get("overflow_skipped", 0))
-        self._consecutive_nonfinite = int(tr["consecutive_nonfinite"])
-        self.samples_seen = int(tr["samples_seen"])
-        self.train_seconds = float(tr["train_seconds"])
-        self.history = list(tr["history"])
-        self.last_eval = EvalResult.from_dict(tr["last_eval"]) if tr.get("last_eval") else None
-        self.best_eval = EvalResult.from_dict(tr["best_eval"]) if tr.get("best_eval") else None
-        self.stopped_early = bool(tr["stopped_early"])
-        self.finished = bool(tr["finished"])
-        self._last_grad_norm = tr.get("last_grad_norm")
+        self.state = TrainerState.from_dict(state["trainer"])
         self._load_logger_state(state.get("logger"))
         rng = state["rng"]
         saved_world = int(state.get("world_size", 1))
@@ -523,99 +515,104 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         self.load_state_dict(ckpt.load(path))
-        self.resumed_from = Path(path)
+        self.state.resumed_from = str(path)
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> TrainerState:
+        """Train to ``max_steps`` (or early stopping), resuming first if asked; returns the final state."""
         s = self.settings
         resume_path = ckpt.resolve_resume(s.resume, self.run_dir)
         if resume_path is not None:
             self.load_checkpoint(resume_path)
         best_path = self.run_dir / "checkpoints" / "best.pt"
         every = int(s.checkpoint_every or 0)
+        # a progress bar on a terminal; in a file or a cluster log, one plain line every log_every steps
+        on_terminal = sys.stderr.isatty()
         bar = tqdm(
             total=s.max_steps, initial=min(self.step, s.max_steps), desc="train",
-            disable=not (s.progress and self.is_main), dynamic_ncols=True,
+            disable=not (s.progress and self.is_main and on_terminal), dynamic_ncols=True,
         )
-        t_start = time.perf_counter()
-        while self.step < s.max_steps and not self.stopped_early:
+        log_lines = s.progress and self.is_main and not on_terminal
+        start_step, t_fit = self.step, time.perf_counter()
+        while self.step < s.max_steps and not self.state.stopped_early:
             t0 = time.perf_counter()
             result = self.train_step()
-            self.train_seconds += time.perf_counter() - t0
+            self.state.train_seconds += time.perf_counter() - t0
             bar.update(1)
             if result is not None and (self.step % s.log_every == 0 or self.step == 1):
                 self._log_train(result)
                 bar.set_postfix(loss=f"{float(result.losses.mean()):.3f}")
+                if log_lines:
+                    self._progress_line(result, start_step, time.perf_counter() - t_fit)
             if self.step % s.eval_every == 0 or self.step == s.max_steps:
                 self._evaluate_and_track(best_path)
-            if every and self.step % every == 0 and self.step < s.max_steps and not self.stopped_early:
+            if every and self.step % every == 0 and self.step < s.max_steps and not self.state.stopped_early:
                 self.save_checkpoint()
         bar.close()
-        if self.last_eval is None:  # max_steps reached before any step of this process (e.g. max_steps=0)
+        if self.state.last_eval is None:  # max_steps reached before any step of this process (e.g. max_steps=0)
             self._evaluate_and_track(best_path)
-        if not self.finished:
-            self.finished = True
+        if not self.state.finished:
+            self.state.finished = True
             if every:
                 self.save_checkpoint()
-        wall = time.perf_counter() - t_start
-        assert self.last_eval is not None and self.best_eval is not None
-        return {
-            "best": self.best_eval,
-            "last": self.last_eval,
-            "stopped_early": self.stopped_early,
-            "wall_seconds": wall,
-            "train_seconds": self.train_seconds,
-            "samples_per_second": self.samples_seen / max(self.train_seconds, 1e-9),
-            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "overflow_steps_skipped": self.overflow_skipped,
-        }
+        assert self.state.last_eval is not None and self.state.best_eval is not None
+        return self.state
 
-    def _log_train(self, result: StepGradients) -> None:
+    def _progress_line(self, result: StepResult, start_step: int, elapsed: float) -> None:
+        """``step 120/360  loss 1.234  31.2 samples/s  ETA 2m05s`` (ETA from this process's pace so far)."""
+        done = self.step - start_step
+        eta = elapsed / max(done, 1) * (self.settings.max_steps - self.step)
+        log.info(
+            "step %d/%d  loss %.4f  %.1f samples/s  ETA %dm%02ds", self.step, self.settings.max_steps,
+            float(result.losses.mean()), self.state.samples_per_second, eta // 60, eta % 60,
+        )
+
+    def _log_train(self, result: StepResult) -> None:
         values = {f"loss/{t}": float(x) for t, x in zip(result.tasks, result.losses.tolist(), strict=True)}
         values.update(self.balancer.log_values())
         values.update(result.cosines())
         values.update({f"proportion/{t}": p for t, p in self.sampler.proportions().items()})
         values["lr"] = self.scheduler.get_last_lr()[0]
-        if self._last_grad_norm is not None:
-            values["grad_norm"] = self._last_grad_norm
+        if self.state.last_grad_norm is not None:
+            values["grad_norm"] = self.state.last_grad_norm
         if self.precision == "fp16":
             values["loss_scale"] = float(self.scaler.get_scale())
-        values["samples_per_s"] = self.samples_seen / max(self.train_seconds, 1e-9)
+        values["samples_per_s"] = self.state.samples_per_second
         self.logger.log(self.step, values, "train")
 
     def _evaluate_and_track(self, best_path: Path) -> None:
         s = self.settings
-        ev = self.evaluate(sharded=True)
-        self.last_eval = ev
+        ev = self.evaluate(keep_predictions=True, sharded=True)  # the best one's predictions feed the report
+        self.state.last_eval = ev
         avg = ev.average
         self.logger.log(self.step, ev.flat(), "eval")
-        self.history.append({"step": self.step, **ev.flat()})
-        improved = avg > self.best_metric
+        self.state.history.append({"step": self.step, **ev.flat()})
+        improved = avg > self.state.best_metric
         if improved:
-            self.best_metric, self.best_step, self.best_eval = avg, self.step, ev
-            self.evals_without_improvement = 0
+            self.state.best_metric, self.state.best_step, self.state.best_eval = avg, self.step, ev
+            self.state.evals_without_improvement = 0
             if s.save_best:
                 self.save_model(best_path, avg)
         else:
-            self.evals_without_improvement += 1
+            self.state.evals_without_improvement += 1
         log.info("step %d: dev average macro-F1 %.4f%s", self.step, avg, " (best)" if improved else "")
-        if self.best_eval is None:  # a NaN average never "improves": keep the first evaluation as the best
-            self.best_eval, self.best_step = ev, self.step
-        if s.early_stopping_patience and self.evals_without_improvement >= s.early_stopping_patience:
-            log.info("early stopping: no improvement in %d evaluations", self.evals_without_improvement)
-            self.stopped_early = True
+        if self.state.best_eval is None:  # a NaN average never "improves": keep the first evaluation as the best
+            self.state.best_eval, self.state.best_step = ev, self.step
+        if s.early_stopping_patience and self.state.evals_without_improvement >= s.early_stopping_patience:
+            log.info("early stopping: no improvement in %d evaluations", self.state.evals_without_improvement)
+            self.state.stopped_early = True
 
     def table(self, result: EvalResult, baselines: Mapping[str, float] | None = None) -> str:
         return format_table(result.scores, baselines)
 
 
 __all__ = [
-    "EvalResult",
     "NullLogger",
     "OutOfMemory",
     "Trainer",
     "TrainerSettings",
+    "TrainerState",
     "TrainingStopped",
     "resolve_device",
     "resolve_precision",

@@ -1,0 +1,36 @@
+"""Small helpers shared by the stateful methods of both families (loss history, first-seen losses).
+
+Conventions of the stateful methods:
+
+* Per-task state is indexed by position in ``task_names`` (``self.index(inp.tasks)``), so a
+  step that carries a strict subset of the tasks (one-task-per-step samplers) reads and updates
+  only its own tasks' entries.
+* All state lives in buffers (or ``extra_state`` for an RNG), so ``state_dict()`` round-trips.
+* The trainer calls ``compute`` once per optimiser step with full-batch losses, however the batch
+  was split into micro-batches. A caller may still call it more than once with the same
+  ``inp.step`` (e.g. per chunk); each method says what it does then.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtl.balancers.base import BalanceInput
+
+
+def step_losses(inp: BalanceInput, like: Tensor | None = None) -> Tensor:
+    """The step's losses as a detached float32 tensor (on ``like``'s device when given)."""
+    out = inp.losses.detach().to(torch.float32)
+    return out.to(like.device) if like is not None else out
+
+
+def record_first_losses(first: Tensor, seen: Tensor, idx: Tensor, losses: Tensor) -> None:
+    """Store ``losses`` as the first-seen loss of the tasks at ``idx`` that have none yet.
+
+    Non-finite losses are not recorded (the trainer skips such a step; the next finite loss counts).
+    """
+    new = ~seen[idx] & torch.isfinite(losses)
+    if bool(new.any()):
+        first[idx[new]] = losses[new]
+        seen[idx[new]] = True

@@ -1,0 +1,51 @@
+"""``static``: fixed per-task weights given in the config; tasks not named get ``default``.
+
+Paper: none (hand-tuned task weights, the classic alternative to ``equal``).
+
+Formula::
+
+    w_i = weights[i] if task i is named in ``weights`` else ``default``
+
+Knobs:
+    ``weights`` (none: every task gets ``default``): ``{task: weight}``, non-negative numbers, e.g. on
+    the command line ``balancer=static 'balancer.weights={ocnli:1.0,tnews:0.5}'``.
+    ``default`` (1.0): the weight of every task not named in ``weights``.
+
+Deviations from the official code: not applicable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtl.balancers.base import BalanceInput, Balancer, register_balancer
+
+
+@register_balancer("static")
+class Static(Balancer):
+    """Fixed per-task weights given in the config; unnamed tasks get ``default``."""
+
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        weights: Mapping[str, float] | None = None,
+        default: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(task_names, **kwargs)
+        given = dict(weights or {})
+        unknown = sorted(set(given) - set(self.task_names))
+        if unknown:
+            raise ValueError(f"static balancer weights name unknown tasks {unknown}; tasks are {self.task_names}")
+        bad = {k: v for k, v in given.items() if not float(v) >= 0.0}
+        if bad:
+            raise ValueError(f"static balancer weights must be non-negative numbers, got {bad}")
+        self.register_buffer(
+            "fixed", torch.tensor([float(given.get(t, default)) for t in self.task_names])
+        )
+
+    def weights(self, inp: BalanceInput) -> Tensor:
+        return self.fixed[self.index(inp.tasks)].clone()

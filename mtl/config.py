@@ -1,0 +1,130 @@
+"""Every default stated once: the Python definitions are the config groups' defaults.
+
+Hydra composes ``mtl/conf/train.yaml``; the groups whose defaults belong to code are not YAML files but
+structured configs registered here in Hydra's ConfigStore (the fairseq way):
+
+* ``optim/adamw`` and ``trainer/default``: the fields of :class:`mtl.training.trainer.TrainerSettings`.
+* ``data/default``: :class:`mtl.data.loading.DataSettings`; ``model/default``: :class:`mtl.models.multitask.ModelSettings`.
+* ``balancer/<name>`` and ``sampler/<name>``: one node per registered class, its options and defaults read
+  from the class's constructor signature (so ``build_balancer("uncertainty", tasks)`` in Python and
+  ``balancer=uncertainty`` on the command line build the same object).
+
+The nodes are typed, so ``trainer.max_steps=abc`` or ``balancer.lrr=1`` fail at composition, before any
+data is read, naming the key. Presets (``encoder/``, ``tasks/``, ``experiment/``, ``logger/``) stay YAML.
+:func:`register_configs` runs before Hydra composes (``mtl-train``; tests composing by hand call it).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import typing
+from collections.abc import Iterable
+from dataclasses import MISSING, Field, field, fields, make_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+#: constructor arguments that the run supplies, not the config, per registry
+RUN_SUPPLIED = {"balancer": frozenset({"task_names"}), "sampler": frozenset({"task_sizes", "seed"})}
+_registered = False
+
+
+def _plain_type(tp: Any) -> Any:
+    """``tp`` if OmegaConf can validate it as a field type, else ``Any``."""
+    try:
+        OmegaConf.structured(make_dataclass("_Probe", [("x", tp, field(default=None))]))
+    except Exception:  # noqa: BLE001 - unions, callables, tensors, ...: not validated by OmegaConf
+        return Any
+    return tp
+
+
+def _default_field(value: Any) -> Field:
+    if isinstance(value, list | dict | set | tuple):  # mutable defaults: a fresh copy per node
+        value = list(value) if isinstance(value, set | tuple) else value
+        return field(default_factory=lambda v=value: copy.deepcopy(v))
+    return field(default=value)
+
+
+def options_of(cls: type, supplied: Iterable[str]) -> list[tuple[str, Any, Any]]:
+    """``(name, type, default)`` of each config-settable constructor argument of ``cls`` (``MISSING``: required).
+
+    Walks the constructors up the class hierarchy while they forward ``**kwargs`` (a loss-level balancer
+    passes ``source`` on to ``Balancer``); ``supplied`` names the arguments the run provides itself.
+    """
+    skip = {"self", *supplied}
+    out: dict[str, tuple[str, Any, Any]] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated: untyped
+            hints = {}
+        params = list(inspect.signature(init).parameters.values())
+        for param in params:
+            if param.name in skip or param.name in out or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            default = MISSING if param.default is inspect.Parameter.empty else param.default
+            out[param.name] = (param.name, _plain_type(hints.get(param.name, Any)), default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params) or klass.__module__.startswith("torch"):
+            break
+    return list(out.values())
+
+
+def node_for_class(kind: str, name: str, cls: type) -> type:
+    """A dataclass for ``<kind>=<name>``: ``name`` plus the class's constructor options with their defaults."""
+    specs: list[Any] = [("name", str, field(default=name))]
+    for opt, tp, default in options_of(cls, RUN_SUPPLIED[kind]):
+        specs.append((opt, tp, field(default=MISSING) if default is MISSING else _default_field(default)))
+    return make_dataclass(f"{cls.__name__}Config", specs)
+
+
+def group_node(settings_cls: type, keys: Iterable[str], title: str) -> type:
+    """A dataclass holding ``keys`` of the dataclass ``settings_cls``, with the same types and defaults."""
+    wanted = set(keys)
+    specs = []
+    for f in fields(settings_cls):
+        if f.name not in wanted:
+            continue
+        tp = _plain_type(typing.get_type_hints(settings_cls)[f.name])
+        if f.default is not MISSING:
+            specs.append((f.name, tp, field(default=f.default)))
+        else:
+            specs.append((f.name, tp, field(default_factory=f.default_factory)))  # type: ignore[arg-type]
+    return make_dataclass(title, specs)
+
+
+def register_configs() -> None:
+    """Register the code-defined groups in Hydra's ConfigStore (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from mtl.balancers import BALANCERS
+    from mtl.data.loading import DataSettings
+    from mtl.models.multitask import ModelSettings
+    from mtl.samplers import SAMPLERS
+    from mtl.training.trainer import OPTIM_KEYS, TrainerSettings
+
+    cs = ConfigStore.instance()
+    trainer_keys = [f.name for f in fields(TrainerSettings) if f.name not in OPTIM_KEYS]
+    cs.store(group="optim", name="adamw", node=group_node(TrainerSettings, OPTIM_KEYS, "OptimConfig"))
+    cs.store(group="trainer", name="default", node=group_node(TrainerSettings, trainer_keys, "TrainerConfig"))
+    cs.store(group="data", name="default", node=DataSettings)
+    cs.store(group="model", name="default", node=ModelSettings)
+    for name in BALANCERS.names():
+        cs.store(group="balancer", name=name, node=node_for_class("balancer", name, BALANCERS.get(name)))
+    for name in SAMPLERS.names():
+        cs.store(group="sampler", name=name, node=node_for_class("sampler", name, SAMPLERS.get(name)))
+    _registered = True
+
+
+def default_node(group: str, name: str) -> dict[str, Any]:
+    """The registered node ``<group>/<name>`` as a plain dict (its defaults), e.g. for tests and docs."""
+    register_configs()
+    node = ConfigStore.instance().load(f"{group}/{name}.yaml").node
+    out = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(out, dict)
+    return out

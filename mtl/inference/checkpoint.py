@@ -1,0 +1,150 @@
+"""A trained run's model, rebuilt offline from its ``checkpoints/`` folder.
+
+The folder holds everything needed: ``best.pt`` (state dict, label lists, resolved config), ``tokenizer/``
+and ``encoder_config/``. :func:`load_checkpoint` rebuilds the model from those (``AutoModel.from_config`` +
+the state dict; no download, no pretrained weights needed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtl.models.multitask import MultiTaskModel
+from mtl.utils.device import resolve_device
+from mtl.utils.files import load_checkpoint_file
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedCheckpoint", "find_checkpoint", "load_checkpoint"]
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: MultiTaskModel
+    tokenizer: Any
+    labels: dict[str, list[str]]
+    config: dict[str, Any]
+    step: int
+    avg_macro_f1: float
+    path: Path
+    device: torch.device
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (``<run>/checkpoints/best.pt`` -> ``<run>``)."""
+        return self.path.parent.parent
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.labels)
+
+    def task_config(self, task: str) -> dict[str, Any]:
+        return dict((self.config.get("tasks") or {}).get(task) or {})
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return dict(self.config.get("data") or {})
+
+    @property
+    def max_length(self) -> int:
+        return int((self.config.get("encoder") or {}).get("max_length") or 128)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run directory, its ``checkpoints/`` folder or a ``.pt`` file -> the checkpoint file."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    for cand in (path / "checkpoints" / "best.pt", path / "best.pt"):
+        if cand.is_file():
+            return cand
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (expected a run directory or a checkpoint .pt file)")
+    raise FileNotFoundError(
+        f"no checkpoint in {path}: expected {path / 'checkpoints' / 'best.pt'} "
+        "(written by mtl-train when trainer.save_best=true)"
+    )
+
+
+def _build_encoder(ckpt_dir: Path, state: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The encoder architecture (random weights, replaced by the state dict) and the tokenizer, offline."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    enc_dir, tok_dir = ckpt_dir / "encoder_config", ckpt_dir / "tokenizer"
+    enc_cfg = dict(config.get("encoder") or {})
+    if enc_dir.is_dir() and tok_dir.is_dir():
+        model_cfg = AutoConfig.from_pretrained(enc_dir)
+        has_pooler = any(k.startswith("encoder.pooler.") for k in state)
+        kwargs = {} if has_pooler else {"add_pooling_layer": False}
+        try:
+            encoder = AutoModel.from_config(model_cfg, **kwargs)
+        except TypeError:  # an architecture without the pooler switch
+            encoder = AutoModel.from_config(model_cfg)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        return encoder, tokenizer
+    # older runs without encoder_config/: rebuild from the encoder's name (embedded / tiny_random: offline)
+    from mtl.models.encoder import load_encoder
+
+    name = enc_cfg.get("name_or_path")
+    if not name:
+        raise FileNotFoundError(f"{enc_dir} is missing and the checkpoint's config names no encoder")
+    log.info("%s missing: rebuilding the encoder from its name %r", enc_dir, name)
+    encoder, tokenizer = load_encoder(str(name), **dict(enc_cfg.get("kwargs") or {}))
+    if tok_dir.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    return encoder, tokenizer
+
+
+def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedCheckpoint:
+    """Rebuild the trained multi-task model of a run (see the module docstring) on ``device``
+    (:func:`mtl.utils.device.resolve_device`), in eval mode."""
+    ckpt_path = find_checkpoint(path)
+    state = load_checkpoint_file(ckpt_path)
+    for key in ("model", "labels", "config"):
+        if key not in state:
+            raise ValueError(f"{ckpt_path} has no {key!r} entry: not an mtl checkpoint")
+    sd: dict[str, torch.Tensor] = state["model"]
+    config: dict[str, Any] = state["config"]
+    labels = {t: [str(x) for x in v] for t, v in state["labels"].items()}
+    encoder, tokenizer = _build_encoder(ckpt_path.parent, sd, config)
+    enc_cfg = config.get("encoder") or {}
+    model_cfg = config.get("model") or {}
+    model = MultiTaskModel(
+        encoder,
+        {t: len(v) for t, v in labels.items()},
+        pooling=enc_cfg.get("pooling", "cls"),
+        head=model_cfg.get("head", "linear"),
+        dropout=float(model_cfg.get("dropout", 0.0)),
+    )
+    from mtl.models.vocab_trim import restore_trimmed_embeddings
+
+    restore_trimmed_embeddings(model, sd)  # a run with encoder.trim_vocab=true saved a smaller embedding
+    result = model.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{ckpt_path}: the rebuilt model does not match the checkpoint "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
+        )
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    log.info("loaded %s (step %s, dev avg macro-F1 %.4f)", ckpt_path, state.get("step"),
+             float(state.get("avg_macro_f1", float("nan"))))
+    return LoadedCheckpoint(
+        model=model,
+        tokenizer=tokenizer,
+        labels=labels,
+        config=config,
+        step=int(state.get("step", -1)),
+        avg_macro_f1=float(state.get("avg_macro_f1", float("nan"))),
+        path=ckpt_path,
+        device=dev,
+    )

@@ -1,0 +1,155 @@
+"""The balancer registry and layout: names, configs, options, one source of defaults, documentation."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import pytest
+import torch
+import yaml
+
+import mtl.balancers
+from mtl.balancers import BALANCERS, balancer_options, build_balancer
+from tests.balancer_helpers import REPO, config_dir, inp_for, make, rand_jac
+
+CONFIG_DIR = config_dir("balancer")
+LOSS_LEVEL = ["equal", "static", "log_loss", "initial_loss", "uncertainty", "dwa", "dtp", "rlw", "famo"]
+GRAMIAN_LEVEL = [
+    "mgda",
+    "mgda_ub",
+    "pcgrad",
+    "cagrad",
+    "imtl",
+    "gradvac",
+    "nash_mtl",
+    "aligned_mtl",
+    "primary_auxiliary",
+    "gradnorm",
+    "grad_norm_normalized",
+    "torchjd",
+]
+#: options whose Python default ``None`` means the config's empty mapping
+NONE_IS_EMPTY = {("static", "weights"), ("torchjd", "aggregator_kwargs")}
+
+
+def test_importing_the_package_registers_every_method() -> None:
+    ours = [n for n in BALANCERS.names() if BALANCERS.get(n).__module__.startswith("mtl.")]  # tests add their own
+    assert sorted(LOSS_LEVEL + GRAMIAN_LEVEL) == ours
+    for name in ours:
+        cls = BALANCERS.get(name)
+        family = "gramian" if cls.needs_gramian else "loss"
+        assert cls.__module__.startswith(f"mtl.balancers.{family}."), (name, cls.__module__)
+        assert name in (LOSS_LEVEL if family == "loss" else GRAMIAN_LEVEL)
+
+
+def test_registry_names_and_flags():
+    for name in ["mgda", "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl", "aligned_mtl",
+                 "primary_auxiliary", "torchjd"]:
+        assert name in BALANCERS
+        cls = BALANCERS.get(name)
+        assert cls.needs_gramian, name
+    assert make("mgda", 2).source == "parameters"
+    assert make("mgda_ub", 2).source == "representation"
+    assert make("pcgrad", 2).source == "representation"
+    assert make("mgda", 2, source="representation").source == "representation"
+    assert make("mgda", 2, source=None).source == "parameters"  # None: the class's default_source
+
+
+@pytest.mark.parametrize("name", ["log_loss", "initial_loss", "grad_norm_normalized", "uncertainty", "gradnorm",
+                                  "dwa", "dtp", "rlw", "famo", "equal", "static"])
+def test_config_files_build(name: str) -> None:
+    cfg = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert cfg.pop("name") == name
+    b = build_balancer(name, ["a", "b", "c"], **cfg)
+    assert b.registry_name == name
+
+
+@pytest.mark.parametrize("name", ["mgda", "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl",
+                                  "aligned_mtl", "primary_auxiliary", "torchjd"])
+def test_gramian_config_files_build(name):
+    from omegaconf import OmegaConf
+
+    path = CONFIG_DIR / f"{name}.yaml"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# {CONFIG_DIR.relative_to(REPO).as_posix()}/{name}.yaml")
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    assert cfg.pop("name") == name
+    if name == "primary_auxiliary":
+        assert cfg["primary"] is None
+        cfg["primary"] = "b"
+    bal = build_balancer(name, ["a", "b", "c"], **cfg)
+    w = bal.compute(inp_for(rand_jac(3, 5, 0) @ rand_jac(3, 5, 0).T))
+    assert torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_LEVEL + GRAMIAN_LEVEL))
+def test_python_defaults_are_the_config_defaults(name: str) -> None:
+    """One source of defaults: every key of the config file has the constructor's default value."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        pytest.skip(f"no {path.name}: the config node is generated from the constructor")
+    cfg = yaml.safe_load(path.read_text())
+    cfg.pop("name")
+    cls = BALANCERS.get(name)
+    defaults = balancer_options(cls)
+    assert set(cfg) <= set(defaults), sorted(set(cfg) - set(defaults))
+    for key, value in cfg.items():
+        default = defaults[key]
+        if key == "source" and default is None:
+            default = cls.default_source
+        if (name, key) in NONE_IS_EMPTY and default is None:
+            default = {}
+        assert default == value, (name, key, default, value)
+
+
+def test_unknown_kwarg_is_an_error() -> None:
+    with pytest.raises(TypeError):
+        build_balancer("dwa", ["a", "b", "c"], temprature=2.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "bad", "accepted"),
+    [
+        ("uncertainty", {"lrr": 1}, "lrr", ["lr", "regularizer_coef", "source"]),
+        ("mgda", {"normalisation": "l2"}, "normalisation", ["normalization", "max_iter", "tol", "polish", "source"]),
+        ("gradnorm", {"alhpa": 1.0}, "alhpa", ["alpha", "lr", "min_weight", "eps", "source"]),
+    ],
+)
+def test_misspelled_option_is_named_with_the_accepted_ones(name, kwargs, bad, accepted) -> None:
+    with pytest.raises(TypeError) as exc:
+        build_balancer(name, ["a", "b"], **kwargs)
+    assert f"[{bad!r}]" in str(exc.value)
+    assert str(accepted) in str(exc.value)
+
+
+def _method_modules() -> list[str]:
+    out = []
+    for family in ("loss", "gramian"):
+        pkg = importlib.import_module(f"mtl.balancers.{family}")
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name not in ("base", "linalg") and not info.name.startswith("_"):
+                out.append(f"mtl.balancers.{family}.{info.name}")
+    return out
+
+
+def test_one_module_per_method() -> None:
+    ours = [n for n in BALANCERS.names() if BALANCERS.get(n).__module__.startswith("mtl.")]  # tests add their own
+    modules = {BALANCERS.get(n).__module__ for n in ours}
+    assert sorted(modules) == sorted(_method_modules())
+    assert len(modules) == len(ours)
+
+
+@pytest.mark.parametrize("module", _method_modules())
+def test_method_module_documents_paper_formula_knobs_and_deviations(module: str) -> None:
+    doc = inspect.getdoc(importlib.import_module(module)) or ""
+    assert "Knobs" in doc, module
+    assert "Deviations from" in doc, module
+    assert "Formula" in doc or "formula" in doc, module
+    assert "Paper" in doc or "paper" in doc, module
+
+
+def test_package_exports() -> None:
+    for name in ("BALANCERS", "Balancer", "BalanceInput", "register_balancer", "build_balancer"):
+        assert hasattr(mtl.balancers, name)
