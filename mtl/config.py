@@ -34,7 +34,7 @@ _registered = False
 def _plain_type(tp: Any) -> Any:
     """``tp`` if OmegaConf can validate it as a field type, else ``Any``."""
     try:
-        OmegaConf.structured(make_dataclass("_Probe", [("x", tp, field(default=None))]))
+        OmegaConf.structured(make_dataclass("_Probe", [("x", tp, field(default=MISSING))]))
     except Exception:  # noqa: BLE001 - unions, callables, tensors, ...: not validated by OmegaConf
         return Any
     return tp
@@ -128,3 +128,33 @@ def default_node(group: str, name: str) -> dict[str, Any]:
     out = OmegaConf.to_container(node, resolve=False)
     assert isinstance(out, dict)
     return out
+
+
+def group_options(group: str) -> list[str]:
+    """Every option of a config group: the YAML files in ``mtl/conf/<group>/`` and the registered nodes."""
+    from importlib.resources import files
+
+    register_configs()
+    names = {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)} if _has_group(group) else set()
+    folder = files("mtl.conf").joinpath(group)
+    if folder.is_dir():
+        names |= {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return sorted(names)
+
+
+def _has_group(group: str) -> bool:
+    try:
+        ConfigStore.instance().list(group)
+    except OSError:
+        return False
+    return True
+
+
+def compose_train(overrides: Iterable[str] = (), return_hydra_config: bool = False) -> Any:
+    """The ``train`` config with ``overrides``, as ``mtl-train`` composes it (no Hydra app, no run directory):
+    what scripts and notebooks build a run from, e.g. ``run(compose_train(["experiment=quickstart"]), "out")``."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="mtl.conf", version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)

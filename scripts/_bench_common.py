@@ -46,11 +46,9 @@ if str(REPO) not in sys.path:
 
 def compose(overrides: Sequence[str]) -> Any:
     """The ``train`` config with ``overrides``, as ``mtl-train`` would see it (no Hydra app, no run dir)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from mtl.config import compose_train
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+    return compose_train(overrides)
 
 
 def balancer_overrides(name: str) -> list[str]:

@@ -60,8 +60,10 @@ log = logging.getLogger("compare_balancers")
 
 
 def available_balancers() -> list[str]:
-    """Every ``mtl/conf/balancer/*.yaml``, ``equal`` first (the reference for the step-time ratio)."""
-    names = sorted(p.stem for p in (common.CONFIG_DIR / "balancer").glob("*.yaml"))
+    """Every option of the ``balancer`` config group, ``equal`` first (the reference for the step-time ratio)."""
+    from mtl.config import group_options
+
+    names = group_options("balancer")
     return sorted(names, key=lambda n: (n != "equal", n))
 
 

@@ -21,12 +21,9 @@ TINY_RUN = (
 
 def compose_train(*overrides: str) -> Any:
     """The ``train`` config from ``mtl/conf/`` with Hydra ``overrides`` (a later value for a key wins)."""
-    from hydra import compose, initialize_config_dir
+    from mtl.config import compose_train as compose
 
-    from mtl.cli.train import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose(overrides)
 
 
 def tiny_run_cfg(data_root: Path, *overrides: str) -> Any:

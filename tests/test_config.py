@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mtl.cli.train import CONFIG_DIR
+from mtl.config import group_options
 from mtl.training.build import build_balancer, build_sampler, check_compatible
 
 GROUPS = ["encoder", "data", "model", "sampler", "balancer", "optim", "trainer", "logger", "experiment"]
@@ -16,7 +15,7 @@ TASKS = ["ocnli", "ocemotion", "tnews"]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    return group_options(group)  # YAML presets and code-registered nodes
 
 
 def compose_train(overrides: list[str]):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from mtl.config import default_node, register_configs
 from mtl.data import (
     BadRowError,
     load_task,
@@ -39,7 +40,7 @@ def task_cfg(file: str) -> tuple[str, DictConfig]:
 
 
 def data_cfg(root: Path, **overrides: Any) -> DictConfig:
-    cfg = OmegaConf.load(CONFIGS / "data" / "default.yaml")
+    cfg = OmegaConf.create(default_node("data", "default"))  # what `data: default` composes
     assert isinstance(cfg, DictConfig)
     cfg.root = str(root)
     for key, value in overrides.items():
@@ -53,6 +54,7 @@ def data_cfg(root: Path, **overrides: Any) -> DictConfig:
 def test_task_configs_compose_under_their_task_names() -> None:
     from hydra import compose, initialize_config_dir
 
+    register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(overrides=["+tasks=[ocnli,ocemotion,tnews]", "+data=default"])
         assert list(cfg.tasks) == ["ocnli", "ocemotion", "tnews"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mtl.config import default_node
 from mtl.samplers import (
     SAMPLERS,
     ProbabilitySampler,
@@ -21,10 +22,6 @@ from mtl.samplers import (
 SIZES = {"a": 100, "b": 400, "c": 1600}
 N_DRAWS = 20_000
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = next(
-    (d for d in (REPO / "mtl" / "conf" / "sampler", REPO / "configs" / "sampler") if d.is_dir()),
-    REPO / "mtl" / "conf" / "sampler",
-)
 BUILT_INS = ("proportional", "uniform", "temperature", "annealed", "round_robin", "all_tasks")
 
 
@@ -196,12 +193,8 @@ def test_unknown_option_lists_the_accepted_ones() -> None:
 
 @pytest.mark.parametrize("name", BUILT_INS)
 def test_python_defaults_are_the_config_defaults(name: str) -> None:
-    """One source of defaults: every key of the config file has the constructor's default value."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.exists():
-        pytest.skip(f"no {path.name}: the config node is generated from the constructor")
-    omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.load(path))
+    """One source of defaults: every key of the config node has the constructor's default value."""
+    cfg = default_node("sampler", name)
     assert cfg.pop("name") == name
     defaults = sampler_options(SAMPLERS.get(name))
     assert defaults is not None
@@ -243,12 +236,10 @@ def test_user_registered_sampler_buildable_by_name() -> None:
 
 def test_configs_exist_and_build() -> None:
     """Every registered built-in has a config whose keys the sampler accepts."""
-    omegaconf = pytest.importorskip("omegaconf")
     for name in ("proportional", "uniform", "temperature", "annealed", "round_robin", "all_tasks"):
-        cfg = omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.load(CONFIG_DIR / f"{name}.yaml"))
+        cfg = default_node("sampler", name)
         assert cfg.pop("name") == name
         assert "max_examples_per_task" in cfg
         s = build_sampler(name, SIZES, seed=0, **cfg)
         assert s.registry_name == name
-    temp = omegaconf.OmegaConf.load(CONFIG_DIR / "temperature.yaml")
-    assert temp.temperature == 2.0
+    assert default_node("sampler", "temperature")["temperature"] == 2.0

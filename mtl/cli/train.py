@@ -13,9 +13,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mtl.config import register_configs
+
 CONFIG_MODULE = "mtl.conf"  # the configs ship inside the package: found the same way editable or from a wheel
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the same folder as a path (initialize_config_dir)
 log = logging.getLogger("mtl")
+register_configs()  # the groups whose defaults live in code (optim, trainer, data, model, balancer/*, sampler/*)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
