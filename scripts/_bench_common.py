@@ -189,14 +189,10 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented UTF-8 JSON, atomically (a temporary file renamed into place): a
-    reader, or a run stopped half-way, never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Indented UTF-8 JSON, written atomically (``mtl.utils.files.write_json``)."""
+    from mtl.utils.files import write_json as atomic_json
+
+    return atomic_json(path, data)
 
 
 def write_result(name: str, result: dict[str, Any], out: str | None = None) -> Path:

@@ -36,8 +36,11 @@ from mtl.models.heads import pool  # noqa: E402
 from mtl.models.multitask import MultiTaskModel  # noqa: E402
 from mtl.samplers import SAMPLERS  # noqa: E402
 from mtl.training.optim import build_scheduler  # noqa: E402
-from mtl.training.trainer import Trainer, TrainerSettings, resolve_precision  # noqa: E402
-from mtl.utils.device import resolve_device  # noqa: E402
+from mtl.training.trainer import Trainer, TrainerSettings  # noqa: E402
+from mtl.utils.device import (
+    resolve_device,  # noqa: E402
+    resolve_precision,  # noqa: E402
+)
 
 # ----------------------------------------------------------------------------- the hand-written loop
 

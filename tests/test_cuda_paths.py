@@ -19,8 +19,8 @@ from torch import nn
 
 from mtl.training import checkpoint as ckpt
 from mtl.training.build import pin_memory_for
-from mtl.training.trainer import Trainer, resolve_precision
-from mtl.utils.device import resolve_device
+from mtl.training.trainer import Trainer
+from mtl.utils.device import resolve_device, resolve_precision
 from tests.toy_trainer import flat_params, single_thread, toy_trainer
 
 CUDA0 = torch.device("cuda", 0)

@@ -36,7 +36,7 @@ from mtl.training import distributed as mdist
 from mtl.training.engine import GradientEngine, StepResult, batch_rows, split_batch
 from mtl.training.loggers import CSVLogger, MetricsLogger
 from mtl.training.optim import build_optimizer, build_scheduler
-from mtl.utils.device import resolve_device
+from mtl.utils.device import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -135,19 +135,6 @@ class TrainerState:
                 kw[key] = EvalResult.from_dict(kw[key])
         kw["history"] = list(kw.get("history") or [])
         return cls(**kw)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        if device.type == "cuda":
-            # native bf16 only (Ampere+): pre-Ampere GPUs merely emulate it, slowly; fp16 + loss scaler there
-            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-        return "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16, got {name!r}")
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 with a loss scaler needs a CUDA device; use bf16 or fp32 on CPU")
-    return name
 
 
 def enable_tf32() -> None:

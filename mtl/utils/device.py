@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -34,3 +35,35 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here; use cpu or auto")
     return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16``; Arm ``bf16``).
+
+    oneDNN runs bf16 on any AVX-512 CPU, but without these instructions it converts to fp32 and is
+    slower than fp32 itself, so only native support counts. Read from ``/proc/cpuinfo`` (Linux);
+    elsewhere ``False``.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda":
+            # native bf16 only (Ampere+): pre-Ampere GPUs merely emulate it, slowly; fp16 + loss scaler there
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        return "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"trainer.precision must be auto, fp32, bf16 or fp16, got {name!r}")
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 with a loss scaler needs a CUDA device; use bf16 or fp32 on CPU")
+    return name
