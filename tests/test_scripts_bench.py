@@ -164,3 +164,35 @@ def test_common_helpers(tmp_path: Path) -> None:
     assert common.find_data_root() is not None  # MTL_DATA_DIR (the fixture files)
     with pytest.raises(SystemExit, match="no tianchi"):
         common.find_data_root(str(tmp_path))
+
+
+def test_bench_shapes(tmp_path: Path) -> None:
+    argv = ["--encoder", "tiny_random", "--steps", "2", "--block", "1", "--warmup-steps", "1", "--batch-size", "4",
+            "--max-length", "32", "--train-per-task", "48", "--dev-per-task", "16", "--threads", "1"]  # fmt: skip
+    data = run_main("bench_shapes", argv, tmp_path / "shapes.json")
+    names = [f"{s}/{p}" for s in ("dynamic", "multiple16", "ladder") for p in ("fp32", "bf16")]
+    assert data["benchmark"] == "shapes" and list(data["train"]) == names
+    assert all(positive(v["samples_per_second"]) for v in data["train"].values())
+    assert data["train"]["dynamic/fp32"]["ratio_to_dynamic_fp32"] == pytest.approx(1.0)
+    ev = data["eval"]
+    assert ev["sorted_by_length/fp32"]["predictions_equal_to_first"] == 1.0  # sorting changes no prediction
+    assert ev["sorted_by_length/fp32"]["avg_macro_f1"] == ev["dataset_order/fp32"]["avg_macro_f1"]
+    assert positive(ev["sorted_speedup/fp32"]) and positive(ev["sorted_speedup/bf16"])
+    over = data["padded_positions_per_real_token"]
+    assert 1.0 <= over["dynamic"] <= over["multiple16"] and over["dynamic"] <= over["ladder"]
+
+
+@pytest.mark.slow
+def test_gpu_study_dry_run(tmp_path: Path) -> None:
+    """scripts/gpu_study.sh --dry-run: every stage of the GPU study at tiny sizes on the CPU, and its summary."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "STUDY_OUT": str(tmp_path / "study"), "MTL_OUTPUT_DIR": str(tmp_path / "outputs")}
+    out = subprocess.run(["bash", str(SCRIPTS / "gpu_study.sh"), "--dry-run"], env=env, capture_output=True,
+                         text=True, timeout=900, cwd=SCRIPTS.parent)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text(encoding="utf-8"))
+    assert {k: v["exit"] for k, v in summary["stages"].items()} == {"bench_gpu": 0, "bench_loop": 0, "tianchi_epoch": 0}
+    assert 0.0 <= summary["tianchi_epoch"]["avg_macro_f1"] <= 1.0 and set(summary["tianchi_epoch"]["tasks"]) == TASKS
+    assert summary["bench_gpu"]["benchmark"] == "gpu" and summary["bench_loop"]["benchmark"] == "loop"
