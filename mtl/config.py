@@ -5,7 +5,7 @@ structured configs registered here in Hydra's ConfigStore (the fairseq way):
 
 * ``optim/adamw`` and ``trainer/default``: the fields of :class:`mtl.training.trainer.TrainerSettings`.
 * ``data/default``: :class:`mtl.data.loading.DataSettings`; ``model/default``: :class:`mtl.models.multitask.ModelSettings`.
-* ``balancer/<name>`` and ``sampler/<name>``: one node per registered class, its options and defaults read
+* ``loss/<name>`` (the task losses of ``mtl.losses``), ``balancer/<name>`` and ``sampler/<name>``: one node per registered class, its options and defaults read
   from the class's constructor signature (so ``build_balancer("uncertainty", tasks)`` in Python and
   ``balancer=uncertainty`` on the command line build the same object).
 
@@ -27,7 +27,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 #: constructor arguments that the run supplies, not the config, per registry
-RUN_SUPPLIED = {"balancer": frozenset({"task_names"}), "sampler": frozenset({"task_sizes", "seed"})}
+RUN_SUPPLIED = {
+    "balancer": frozenset({"task_names"}),
+    "sampler": frozenset({"task_sizes", "seed"}),
+    "loss": frozenset({"num_labels", "class_counts"}),
+}
 _registered = False
 
 
@@ -104,6 +108,7 @@ def register_configs() -> None:
         return
     from mtl.balancers import BALANCERS
     from mtl.data.loading import DataSettings
+    from mtl.losses import LOSSES
     from mtl.models.multitask import ModelSettings
     from mtl.samplers import SAMPLERS
     from mtl.training.trainer import OPTIM_KEYS, TrainerSettings
@@ -118,6 +123,8 @@ def register_configs() -> None:
         cs.store(group="balancer", name=name, node=node_for_class("balancer", name, BALANCERS.get(name)))
     for name in SAMPLERS.names():
         cs.store(group="sampler", name=name, node=node_for_class("sampler", name, SAMPLERS.get(name)))
+    for name in LOSSES.names():
+        cs.store(group="loss", name=name, node=node_for_class("loss", name, LOSSES.get(name)))
     _registered = True
 
 

@@ -61,6 +61,24 @@ class MultiTaskModel(nn.Module):
     def head(self, task: str, rep: Tensor) -> Tensor:
         return self.heads[task](rep)
 
+    def set_losses(self, losses: Mapping[str, nn.Module]) -> None:
+        """Each task's training loss (``mtl.losses``; plain cross-entropy for a task not given one).
+
+        Loss modules keep their class weights or priors in non-persistent buffers: the state dict, and so
+        every checkpoint, is the same whatever the losses are.
+        """
+        unknown = set(losses) - set(self.heads)
+        if unknown:
+            raise KeyError(f"losses for unknown tasks {sorted(unknown)}; the model has {self.task_names}")
+        self.losses = nn.ModuleDict(dict(losses))
+
+    def task_loss(self, task: str, logits: Tensor, labels: Tensor) -> Tensor:
+        """The mean training loss of ``task`` on a batch (float32 logits)."""
+        losses = getattr(self, "losses", None)
+        if losses is not None and task in losses:
+            return losses[task](logits, labels)
+        return nn.functional.cross_entropy(logits, labels)
+
     def forward(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
         return self.head(task, self.encode(batch))
 

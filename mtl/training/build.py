@@ -111,6 +111,13 @@ class RunData:
     def train_sizes(self) -> dict[str, int]:
         return {t: len(ds) for t, ds in self.train.items()}
 
+    @property
+    def class_counts(self) -> dict[str, list[int]]:
+        """Each task's training label counts (after capping and skipping): the class priors of its loss."""
+        from mtl.losses import class_counts_from_labels
+
+        return {t: class_counts_from_labels(list(ds["labels"]), len(self.labels[t])) for t, ds in self.train.items()}
+
 
 def build_data(cfg: DictConfig, tokenizer: Any, tasks: Sequence[str] | None = None, with_dev: bool = True) -> RunData:
     """Read, split and tokenise (cached) each task of ``cfg.tasks`` (or ``tasks``)."""
@@ -133,11 +140,45 @@ def build_data(cfg: DictConfig, tokenizer: Any, tasks: Sequence[str] | None = No
 # ----------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: DictConfig, encoder: torch.nn.Module, num_labels: Mapping[str, int]) -> MultiTaskModel:
-    """The shared encoder with one head per task (``cfg.model``; pooling from ``cfg.encoder``)."""
-    return MultiTaskModel(
+def build_model(
+    cfg: DictConfig, encoder: torch.nn.Module, num_labels: Mapping[str, int],
+    class_counts: Mapping[str, list[int]] | None = None,
+) -> MultiTaskModel:
+    """The shared encoder with one head per task (``cfg.model``; pooling from ``cfg.encoder``) and each task's
+    training loss (``cfg.loss``, a task's ``tasks.<t>.loss`` over it; class-aware losses need ``class_counts``)."""
+    model = MultiTaskModel(
         encoder, dict(num_labels), pooling=cfg.encoder.pooling, head=cfg.model.head, dropout=float(cfg.model.dropout)
     )
+    model.set_losses(build_losses(cfg, num_labels, class_counts))
+    return model
+
+
+def loss_config(cfg: DictConfig, task: str) -> dict[str, Any]:
+    """Task ``task``'s loss node: ``cfg.loss``, overridden by ``tasks.<task>.loss`` (a different ``name`` there
+    starts from that loss's defaults)."""
+    from mtl.config import default_node
+
+    base = _options(cfg.get("loss") or {"name": "ce"}, drop=())
+    own = _options(cfg.tasks[task].get("loss"), drop=()) if cfg.tasks[task].get("loss") else {}
+    if own.get("name", base["name"]) != base["name"]:
+        base = default_node("loss", own["name"])
+    return {**base, **own}
+
+
+def build_losses(
+    cfg: DictConfig, num_labels: Mapping[str, int], class_counts: Mapping[str, list[int]] | None = None
+) -> dict[str, torch.nn.Module]:
+    """One ``mtl.losses`` module per task (see :func:`loss_config`)."""
+    from mtl.losses import build_loss
+
+    out = {}
+    for task, n in num_labels.items():
+        node = loss_config(cfg, task)
+        counts = (class_counts or {}).get(task)
+        out[task] = build_loss(node.pop("name"), num_labels=int(n), class_counts=counts, **node)
+        if counts is not None:
+            log.info("%s: loss %s, training label counts %s", task, type(out[task]).__name__, counts)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- balancer, sampler

@@ -45,7 +45,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtl.balancers.base import BalanceInput, Balancer
@@ -118,10 +117,11 @@ def split_batch(batch: Batch, parts: int) -> list[dict[str, Tensor]]:
 
 
 def _task_loss(model: MultiTaskModel, task: str, rep: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Mean cross-entropy and the number of correct predictions (a tensor: no device sync here)."""
+    """The task's mean training loss (cross-entropy unless ``model.set_losses`` gave it another) and the
+    number of correct predictions (a tensor: no device sync here)."""
     logits = model.head(task, rep)
     labels = batch["labels"]
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = model.task_loss(task, logits.float(), labels)
     with torch.no_grad():
         correct = (logits.argmax(-1) == labels).sum()
     return loss, correct
