@@ -1,4 +1,4 @@
-"""The shared Gramian numerics (:mod:`mtl.balancers.gramian.linalg`): min-norm and Nash solvers."""
+"""The shared Gramian numerics (:mod:`mtl.balancers.gramian.linalg`): min-norm, Nash, FairGrad, dual cone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,13 @@ import itertools
 import pytest
 import torch
 
-from mtl.balancers.gramian.linalg import min_norm_2, min_norm_simplex, nash_solve
+from mtl.balancers.gramian.linalg import (
+    dual_cone_weights,
+    fair_solve,
+    min_norm_2,
+    min_norm_simplex,
+    nash_solve,
+)
 from tests.balancer_helpers import rand_jac
 
 
@@ -51,3 +57,50 @@ def test_nash_solver_direct():
     g = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
     a = nash_solve(g)
     torch.testing.assert_close(g @ a, 1 / a, rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 1.0, 2.0, 10.0])
+def test_fair_solve_residual_and_nash_at_alpha_one(alpha):
+    j = rand_jac(4, 6, 17)
+    j[2] -= 0.9 * j[1]
+    g = j @ j.T
+    a = fair_solve(g, alpha)
+    assert bool((a > 0).all())
+    torch.testing.assert_close(g @ a, a ** (-1 / alpha), rtol=1e-8, atol=0)
+    if alpha == 1.0:
+        torch.testing.assert_close(a, nash_solve(g), rtol=1e-8, atol=0)
+    # a poor warm start converges to the same point
+    poor = torch.tensor([1e-3, 1e3, 1.0, 5.0], dtype=torch.float64)
+    torch.testing.assert_close(fair_solve(g, alpha, init=poor), a)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dual_cone_weights_kkt(seed):
+    j = rand_jac(4, 3, 30 + seed)  # rank 3 < 4: a singular Gramian
+    g = j @ j.T
+    u = torch.rand(5, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v = dual_cone_weights(g, u)
+    gn = g / torch.trace(g)
+    scale = 1.0
+    for row, ui in zip(v, u, strict=True):
+        grad = gn @ row
+        assert bool((row >= ui - 1e-12).all()) and bool((grad >= -1e-9 * scale).all())
+        assert float((grad * (row - ui)).abs().max()) < 1e-9  # complementary slackness
+    # one vector and a batch agree; an all-zero Gramian leaves u unchanged
+    torch.testing.assert_close(dual_cone_weights(g, u[0]), v[0])
+    torch.testing.assert_close(dual_cone_weights(torch.zeros(4, 4, dtype=torch.float64), u), u)
+
+
+def test_dual_cone_weights_fallback_when_nnls_gives_up(monkeypatch):
+    import scipy.optimize
+
+    j = rand_jac(4, 3, 1)
+    g = j @ j.T
+    u = torch.eye(4, dtype=torch.float64) / 4
+    ref = dual_cone_weights(g, u)
+
+    def give_up(*args, **kwargs):
+        raise RuntimeError("Maximum number of iterations reached.")
+
+    monkeypatch.setattr(scipy.optimize, "nnls", give_up)
+    torch.testing.assert_close(dual_cone_weights(g, u), ref, rtol=1e-7, atol=1e-8)

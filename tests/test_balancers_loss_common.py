@@ -26,12 +26,17 @@ OURS = [
     "dtp",
     "rlw",
     "famo",
+    "imtl_l",
+    "gls",
+    "stch",
+    "db_mtl",
 ]
-GRAMIAN_METHODS = {"grad_norm_normalized", "gradnorm"}
+GRAMIAN_METHODS = {"grad_norm_normalized", "gradnorm", "db_mtl"}
 
 
 def _make(name: str) -> Balancer:
-    kwargs: dict[str, Any] = {"window": 2} if name == "dwa" else {}
+    options: dict[str, dict[str, Any]] = {"dwa": {"window": 2}, "stch": {"warmup_steps": 2, "nadir_steps": 2}}
+    kwargs = options.get(name, {})
     return build_balancer(name, TASKS, **kwargs)
 
 
@@ -97,7 +102,7 @@ def test_state_dict_round_trip(name: str) -> None:
     expected, got = _flat(_run(b, nxt)), _flat(_run(fresh, nxt))
     assert got == pytest.approx(expected, rel=1e-6)
     # and the history mattered: a never-trained instance gives different weights (except dtp)
-    if name not in ("dtp", "log_loss", "grad_norm_normalized"):
+    if name not in ("dtp", "log_loss", "grad_norm_normalized", "gls", "db_mtl"):
         assert _flat(_run(_make(name), nxt)) != pytest.approx(expected, rel=1e-6)
 
 
@@ -120,7 +125,7 @@ def test_gramian_methods_refuse_without_gramian(name: str) -> None:
         _make(name).compute(inp(TASKS, [1.0, 1.0, 1.0]))
 
 
-@pytest.mark.parametrize("name", ["initial_loss", "gradnorm", "dwa", "famo", "dtp"])
+@pytest.mark.parametrize("name", ["initial_loss", "gradnorm", "dwa", "famo", "dtp", "stch"])
 def test_non_finite_loss_step_leaves_no_trace(name: str) -> None:
     """The trainer skips a step with a non-finite loss (after ``compute``): history must ignore it."""
     clean = _stream(name, 8, seed=3)

@@ -14,7 +14,10 @@ from mtl.balancers import BALANCERS, balancer_options, build_balancer
 from mtl.config import default_node
 from tests.balancer_helpers import inp_for, make, rand_jac
 
-LOSS_LEVEL = ["equal", "static", "log_loss", "initial_loss", "uncertainty", "dwa", "dtp", "rlw", "famo"]
+LOSS_LEVEL = [
+    "equal", "static", "log_loss", "initial_loss", "uncertainty", "dwa", "dtp", "rlw", "famo", "imtl_l",
+    "gls", "stch",
+]
 GRAMIAN_LEVEL = [
     "mgda",
     "mgda_ub",
@@ -27,6 +30,11 @@ GRAMIAN_LEVEL = [
     "primary_auxiliary",
     "gradnorm",
     "grad_norm_normalized",
+    "db_mtl",
+    "upgrad",
+    "dualproj",
+    "fairgrad",
+    "conflictfree",
     "torchjd",
 ]
 
@@ -43,7 +51,7 @@ def test_importing_the_package_registers_every_method() -> None:
 
 def test_registry_names_and_flags():
     for name in ["mgda", "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl", "aligned_mtl",
-                 "primary_auxiliary", "torchjd"]:
+                 "primary_auxiliary", "upgrad", "dualproj", "fairgrad", "conflictfree", "torchjd"]:
         assert name in BALANCERS
         cls = BALANCERS.get(name)
         assert cls.needs_gramian, name
@@ -55,7 +63,8 @@ def test_registry_names_and_flags():
 
 
 @pytest.mark.parametrize("name", ["log_loss", "initial_loss", "grad_norm_normalized", "uncertainty", "gradnorm",
-                                  "dwa", "dtp", "rlw", "famo", "equal", "static"])
+                                  "dwa", "dtp", "rlw", "famo", "equal", "static", "imtl_l",
+                                  "gls", "stch", "db_mtl"])
 def test_config_files_build(name: str) -> None:
     cfg = default_node("balancer", name)  # what `balancer=<name>` composes
     assert cfg.pop("name") == name
@@ -64,7 +73,8 @@ def test_config_files_build(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["mgda", "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl",
-                                  "aligned_mtl", "primary_auxiliary", "torchjd"])
+                                  "aligned_mtl", "primary_auxiliary", "upgrad", "dualproj", "fairgrad",
+                                  "conflictfree", "torchjd"])
 def test_gramian_config_files_build(name):
     cfg = default_node("balancer", name)  # what `balancer=<name>` composes
     assert cfg.pop("name") == name

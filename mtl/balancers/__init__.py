@@ -5,11 +5,13 @@ official code in its docstring):
 
 - :mod:`mtl.balancers.base`: the contract (:class:`Balancer`, :class:`BalanceInput`) and the registry.
 - :mod:`mtl.balancers.loss`: loss-level methods (``equal``, ``static``, ``log_loss``, ``initial_loss``,
-  ``uncertainty``, ``dwa``, ``dtp``, ``rlw``, ``famo``): weights from the losses (and their own history).
+  ``uncertainty``, ``dwa``, ``dtp``, ``rlw``, ``famo``, ``imtl_l``, ``gls``, ``stch``): weights from the
+  losses (and their own history).
 - :mod:`mtl.balancers.gramian`: Gramian-level methods (``mgda``, ``mgda_ub``, ``pcgrad``, ``cagrad``,
   ``imtl``, ``gradvac``, ``nash_mtl``, ``aligned_mtl``, ``primary_auxiliary``, ``gradnorm``,
-  ``grad_norm_normalized``, ``torchjd``): weights from the Gramian of the task gradients, with the shared
-  numerics in :mod:`mtl.balancers.gramian.linalg`.
+  ``grad_norm_normalized``, ``db_mtl``, ``upgrad``, ``dualproj``, ``fairgrad``, ``conflictfree``,
+  ``torchjd``): weights from the Gramian of the task gradients, with the shared numerics in
+  :mod:`mtl.balancers.gramian.linalg`.
 
 Importing this package registers every built-in method.
 """

@@ -16,16 +16,25 @@ parameters. One module per method:
 ``primary_auxiliary``  primary task + auxiliaries projected off it when they conflict
 ``gradnorm``           GradNorm, learnt weights (Chen et al. 2018): needs the gradient norms
 ``grad_norm_normalized`` unit-norm task gradients, ``w_i = 1/||g_i||``: needs the gradient norms
+``db_mtl``             Dual-Balancing (Lin et al. 2023), log losses, max-norm scaling: needs the norms
+``upgrad``             each gradient projected onto the dual cone, averaged (Quinton & Rey 2024)
+``dualproj``           the mean projected onto the dual cone (Quinton & Rey 2024)
+``fairgrad``           alpha-fair allocation, ``G w = w^(-1/alpha)`` (Ban & Ji 2024)
+``conflictfree``       ConFIG, equal cosine to every gradient (Liu, Chu & Thuerey 2025)
 ``torchjd``            any torchjd aggregator/weighting (Quinton & Rey 2024), :mod:`.torchjd_adapter`
 =====================  ===================================================================
 
 Shared pieces: :mod:`.base` (:class:`GramianBalancer`, the seeded-order mixin) and :mod:`.linalg`
-(min-norm and Nash solvers, Gramian factor, gradient norms).
+(min-norm, Nash/FairGrad and dual-cone solvers, Gramian factor, gradient norms).
 """
 
 from mtl.balancers.gramian import (  # noqa: F401  (each module registers its method)
     aligned_mtl,
     cagrad,
+    conflictfree,
+    db_mtl,
+    dualproj,
+    fairgrad,
     grad_norm_normalized,
     gradnorm,
     gradvac,
@@ -36,10 +45,15 @@ from mtl.balancers.gramian import (  # noqa: F401  (each module registers its me
     pcgrad,
     primary_auxiliary,
     torchjd_adapter,
+    upgrad,
 )
 from mtl.balancers.gramian.aligned_mtl import AlignedMTL
 from mtl.balancers.gramian.base import GramianBalancer
 from mtl.balancers.gramian.cagrad import CAGrad
+from mtl.balancers.gramian.conflictfree import ConFIG
+from mtl.balancers.gramian.db_mtl import DBMTL
+from mtl.balancers.gramian.dualproj import DualProj
+from mtl.balancers.gramian.fairgrad import FairGrad
 from mtl.balancers.gramian.grad_norm_normalized import GradNormNormalized
 from mtl.balancers.gramian.gradnorm import GradNorm
 from mtl.balancers.gramian.gradvac import GradVac
@@ -50,10 +64,15 @@ from mtl.balancers.gramian.nash_mtl import NashMTL
 from mtl.balancers.gramian.pcgrad import PCGrad
 from mtl.balancers.gramian.primary_auxiliary import PrimaryAuxiliary
 from mtl.balancers.gramian.torchjd_adapter import TorchJD
+from mtl.balancers.gramian.upgrad import UPGrad
 
 __all__ = [
     "AlignedMTL",
     "CAGrad",
+    "ConFIG",
+    "DBMTL",
+    "DualProj",
+    "FairGrad",
     "GradNorm",
     "GradNormNormalized",
     "GradVac",
@@ -65,4 +84,5 @@ __all__ = [
     "PCGrad",
     "PrimaryAuxiliary",
     "TorchJD",
+    "UPGrad",
 ]

@@ -14,6 +14,10 @@ Contents:
   exact active-set polish.
 - :func:`nash_solve`: the positive solution of ``G a = 1 / a`` (Nash-MTL, Navon et al. 2022)
   by damped Newton on the self-concordant convex potential ``1/2 a^T G a - sum log a``.
+- :func:`fair_solve`: the positive solution of ``G a = a^(-1/alpha)`` (FairGrad, Ban & Ji 2024; ``alpha = 1``
+  is Nash-MTL's system) by damped Newton with backtracking on ``1/2 a^T G a - sum phi_alpha(a)``.
+- :func:`dual_cone_weights`: weights of the projections of ``J^T u`` onto the dual cone of the rows of
+  ``J`` (UPGrad, DualProj; Quinton & Rey 2024), ``min_v v^T G v s.t. v >= u``, by exact NNLS.
 - :func:`gramian_factor`: a surrogate Jacobian ``L`` with ``L L^T = G``.
 """
 
@@ -236,6 +240,125 @@ def nash_solve(
         a = a - (step / (1.0 + lam) if lam >= 0.25 else step)
         a = a.clamp(min=_TINY)
     return a
+
+
+# --------------------------------------------------------------------------- FairGrad
+
+
+def _fair_potential(gramian: Tensor, a: Tensor, alpha: float) -> float:
+    """``1/2 a^T G a - sum phi(a_t)``; ``phi(x) = log x`` (alpha = 1) or ``x^p / p``, ``p = 1 - 1/alpha``."""
+    if alpha == 1.0:
+        barrier = float(torch.log(a).sum())
+    else:
+        p = 1.0 - 1.0 / alpha
+        barrier = float((a**p).sum()) / p
+    return 0.5 * float(a @ gramian @ a) - barrier
+
+
+def fair_solve(
+    gramian: Tensor,
+    alpha: float,
+    init: Tensor | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-12,
+    ridge: float = 1e-10,
+) -> Tensor:
+    """Positive ``a`` with ``G a = a^(-1/alpha)`` elementwise (FairGrad, Ban & Ji 2024, Eq. 4).
+
+    For ``alpha > 0`` it is the stationarity condition of the strictly convex potential
+    ``f(a) = 1/2 a^T G a - sum_t phi(a_t)`` on ``a > 0``, ``phi'(x) = x^(-1/alpha)``
+    (``phi = log`` for ``alpha = 1``, the Nash-MTL system of :func:`nash_solve`). Newton steps kept
+    inside ``a > 0`` with a backtracking (Armijo) line search; full steps, hence quadratic convergence,
+    near the solution. The start point is the best rescaling ``c a0`` of ``init`` (or of ones):
+    ``c = (sum a0^p / a0^T G a0)^(alpha / (1 + alpha))``, ``p = 1 - 1/alpha``. ``ridge * mean(diag G)``
+    is added to the diagonal as in :func:`nash_solve`, so a solution exists even when zero lies in
+    the convex hull of the gradients. Callers remove zero gradients first.
+    """
+    if alpha <= 0:
+        raise ValueError(f"fair_solve needs alpha > 0, got {alpha}")
+    t = gramian.shape[0]
+    mean_diag = float(torch.diagonal(gramian).mean())
+    if mean_diag <= 0.0:
+        raise ValueError("fair_solve needs at least one non-zero gradient")
+    g = gramian + ridge * mean_diag * torch.eye(t, dtype=gramian.dtype)
+    a = torch.ones(t, dtype=gramian.dtype) if init is None else init.to(gramian.dtype).clone()
+    if not bool((a > 0).all()) or not bool(torch.isfinite(a).all()):
+        a = torch.ones(t, dtype=gramian.dtype)
+    p = 1.0 - 1.0 / alpha
+    num = float((a**p).sum())
+    a = a * (num / max(float(a @ g @ a), _TINY)) ** (alpha / (1.0 + alpha))
+    value = _fair_potential(g, a, alpha)
+    for _ in range(max_iter):
+        grad = g @ a - a ** (-1.0 / alpha)
+        hess = g + torch.diag(a ** (-1.0 / alpha - 1.0) / alpha)
+        step = torch.linalg.solve(hess, grad)
+        dec2 = float(grad @ step)
+        if dec2 <= 2.0 * tol:
+            if bool((a - step > 0).all()):  # converged: one last full (quadratically convergent) step
+                a = a - step
+            break
+        # Newton step, at most 99 % of the way to the boundary a = 0, halved until Armijo's sufficient
+        # decrease holds or the directional derivative has at least halved in magnitude (strong Wolfe
+        # curvature; measurable where f is too flat, relative to its size, for Armijo in float64)
+        size = 1.0
+        pos = step > 0
+        if bool(pos.any()):
+            size = min(size, 0.99 * float((a[pos] / step[pos]).min()))
+        for _ in range(60):
+            cand = a - size * step
+            if bool((cand > 0).all()):
+                cand_value = _fair_potential(g, cand, alpha)
+                slope = float((g @ cand - cand ** (-1.0 / alpha)) @ step)  # -d/dt f(a - t step)
+                if cand_value <= value - 1e-4 * size * dec2 or abs(slope) <= 0.5 * dec2:
+                    break
+            size *= 0.5
+        else:
+            break
+        a, value = cand, cand_value
+    return a
+
+
+# --------------------------------------------------------------------------- dual cone
+
+
+def dual_cone_weights(gramian: Tensor, u: Tensor, reg_eps: float = 0.0) -> Tensor:
+    """Weights ``v`` of the projection of ``J^T u`` onto the dual cone ``{d : J d >= 0}`` of ``J``'s rows.
+
+    Quinton & Rey (2024, Prop. 1): ``pi_J(J^T u) = J^T v`` with ``v = argmin_{v >= u} v^T G v``.
+    ``u`` is one weight vector ``[T]`` or a batch ``[k, T]`` (one projection per row). The Gramian is
+    divided by its trace (scale invariance; an all-zero Gramian returns ``u``) and ``reg_eps`` is added
+    to its diagonal (torchjd's default regularisation is ``1e-4``; 0 gives the exact projection).
+    With ``G' = R^T R`` (``R`` from :func:`gramian_factor`, so singular Gramians are fine) and
+    ``v = u + x`` the problem is the non-negative least-squares problem ``min_{x >= 0} ||R x + R u||``,
+    solved exactly (Lawson-Hanson, ``scipy.optimize.nnls``). KKT: ``v >= u``, ``G' v >= 0`` and
+    ``(v - u)_t (G' v)_t = 0``.
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    t = gramian.shape[0]
+    rows = u.to(gramian.dtype).reshape(-1, t)
+    trace = float(torch.diagonal(gramian).clamp(min=0.0).sum())
+    if trace <= 0.0:
+        return rows.clone().reshape(u.shape)
+    g = gramian / trace + reg_eps * torch.eye(t, dtype=gramian.dtype)
+    r = gramian_factor(0.5 * (g + g.T)).T.numpy()
+    out = []
+    for row in rows.numpy():
+        b = -(r @ row)
+        try:
+            x, _ = nnls(r, b, maxiter=50 * t + 50)
+        except RuntimeError:  # Lawson-Hanson did not settle (not seen in practice): bounded L-BFGS-B
+            from scipy.optimize import minimize
+
+            def fun(x: np.ndarray, b: np.ndarray = b) -> tuple[float, np.ndarray]:
+                res = r @ x - b
+                return 0.5 * float(res @ res), r.T @ res
+
+            x = minimize(fun, np.zeros(t), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * t,
+                         options={"maxiter": 1000, "ftol": 1e-15, "gtol": 1e-12}).x
+        out.append(row + x)
+    return torch.from_numpy(np.stack(out)).to(gramian.dtype).reshape(u.shape)
 
 
 # --------------------------------------------------------------------------- factors

@@ -6,18 +6,23 @@ https://github.com/AvivNavon/nash-mtl)
 
 Formula (Eq. 2 / Alg. 1)::
 
-    alpha > 0 with  G~ alpha = 1 / alpha,     G~ = G / ||G||_F  (normalize_gramian)  or  G
+    alpha > 0 with  G alpha = 1 / alpha
     alpha <- alpha * min(1, max_norm / ||J^T alpha||),    ||J^T alpha|| = sqrt(alpha^T G alpha)
     w = alpha
 
-With the normalisation the weights are dimensionless: ``alpha = sqrt(||G||_F) alpha*`` where
-``G alpha* = 1/alpha*``.
+Before clipping the update always has ``||J^T alpha||^2 = alpha^T G alpha = sum_t alpha_t (1/alpha_t) = T``
+(norm ``sqrt(T)``), whatever the scale of the gradients; the weights scale as ``1/||g||``. With
+``normalize_gramian`` the system is solved on ``G~ = G / ||G||_F`` (better conditioned) and the solution
+``alpha~`` of ``G~ alpha~ = 1/alpha~`` is rescaled back exactly, ``alpha = alpha~ / sqrt(||G||_F)``: the
+official code's normalisation, whose constraint ``alpha_t ||G||_F (G~ alpha)_t >= 1`` cancels it the
+same way, so both settings give the paper's ``alpha``.
 
 Knobs:
     ``max_norm`` (1.0): clip ``||sum_t w_t g_t||`` to this (0 disables); official default.
     ``update_weights_every`` (1): recompute the weights every k-th step, reuse them in between.
     ``optim_niter`` (20): iterations of the cvxpy sequential convex approximation (``solver=cvxpy``).
-    ``normalize_gramian`` (True): solve on ``G / ||G||_F`` as the official code (dimensionless weights).
+    ``normalize_gramian`` (True): solve on ``G / ||G||_F`` and rescale the solution back (conditioning only:
+    the weights are the same as with False, up to round-off).
     ``solver`` ("auto"): auto (= newton) | newton | scipy | cvxpy (needs cvxpy installed).
     ``source`` ("representation"): representation (cheap, MGDA-UB style) | parameters (all shared params).
 
@@ -55,10 +60,10 @@ NashSolver = Literal["auto", "newton", "scipy", "cvxpy"]
 class NashMTL(GramianBalancer):
     """Nash-MTL, multi-task learning as a bargaining game (Navon et al. 2022, Alg. 1).
 
-    ``alpha > 0`` solves ``G~ alpha = 1 / alpha`` where ``G~ = G / ||G||_F`` when
-    ``normalize_gramian`` (the official code's normalisation; the weights are then
-    dimensionless and ``alpha = sqrt(||G||_F) alpha*`` with ``G alpha* = 1/alpha*``) or
-    ``G~ = G`` otherwise. ``max_norm > 0`` then scales ``alpha`` down so that
+    ``alpha > 0`` solves ``G alpha = 1 / alpha`` (so ``||J^T alpha|| = sqrt(T)`` before clipping).
+    With ``normalize_gramian`` the system is solved on ``G / ||G||_F`` for conditioning and the
+    solution divided by ``sqrt(||G||_F)``, which gives the same ``alpha`` (as the official code,
+    whose constraint cancels its normalisation). ``max_norm > 0`` then scales ``alpha`` down so that
     ``||J^T alpha|| = sqrt(alpha^T G alpha) <= max_norm`` (the official code clips the shared
     gradient's norm; torchjd clips ``||J^T alpha||`` the same way). ``update_weights_every = k``
     recomputes the weights every ``k``-th call and reuses them in between.
@@ -116,10 +121,10 @@ class NashMTL(GramianBalancer):
             alpha = torch.zeros(t, dtype=gramian.dtype)
             if bool(ok.any()):
                 sub = gramian[ok][:, ok]
-                if self.normalize_gramian:
-                    sub = sub / torch.linalg.matrix_norm(sub)
-                init = prev[ok].clamp(min=1e-12)
-                alpha[ok] = self._solve(sub, init)
+                scale = float(torch.linalg.matrix_norm(sub)) if self.normalize_gramian else 1.0
+                init = prev[ok].clamp(min=1e-12) * math.sqrt(scale)  # warm start on the solver's scale
+                # G~ a~ = 1/a~ with G~ = G / s  <=>  G a = 1/a with a = a~ / sqrt(s): rescale back exactly
+                alpha[ok] = self._solve(sub / scale, init) / math.sqrt(scale)
             else:
                 alpha = torch.ones(t, dtype=gramian.dtype)
             store = self.prev_alpha.detach().to("cpu", torch.float64).clone()

@@ -12,6 +12,9 @@ They cost nothing beyond the forward/backward of an ``equal`` step and work with
     dtp            -(1 - k_i)^gamma log k_i, k_i the running train accuracy    (Guo et al. 2018)
     rlw            T softmax(z)_i, z ~ N(0, I_T) each step (Lin et al. 2022)
     famo           (z_i / L_i) / sum_j (z_j / L_j), z = softmax(xi)           (Liu et al. 2023)
+    imtl_l         exp(s_i), objective sum_i exp(s_i) L_i - s_i               (Liu et al. 2021, IMTL-L)
+    gls            (prod_j L_j)^(1/T) / (T L_i): the geometric mean's gradient (Chennupati et al. 2019)
+    stch           T softmax(log(L/n)/mu)_i / L_i after a log-loss warm-up  (Lin et al. 2024)
 
 One module per method; conventions of the stateful ones in :mod:`mtl.balancers._common`.
 """
@@ -21,20 +24,26 @@ from mtl.balancers.loss import (  # noqa: F401  (each module registers its metho
     dwa,
     equal,
     famo,
+    gls,
+    imtl_l,
     initial_loss,
     log_loss,
     rlw,
     static,
+    stch,
     uncertainty,
 )
 from mtl.balancers.loss.dtp import DynamicTaskPrioritization
 from mtl.balancers.loss.dwa import DynamicWeightAverage
 from mtl.balancers.loss.equal import Equal
 from mtl.balancers.loss.famo import FAMO
+from mtl.balancers.loss.gls import GeometricLossStrategy
+from mtl.balancers.loss.imtl_l import IMTLL
 from mtl.balancers.loss.initial_loss import InitialLoss
 from mtl.balancers.loss.log_loss import LogLoss
 from mtl.balancers.loss.rlw import RandomLossWeighting
 from mtl.balancers.loss.static import Static
+from mtl.balancers.loss.stch import SmoothTchebycheff
 from mtl.balancers.loss.uncertainty import Uncertainty
 
 __all__ = [
@@ -42,9 +51,12 @@ __all__ = [
     "DynamicWeightAverage",
     "Equal",
     "FAMO",
+    "GeometricLossStrategy",
+    "IMTLL",
     "InitialLoss",
     "LogLoss",
     "RandomLossWeighting",
+    "SmoothTchebycheff",
     "Static",
     "Uncertainty",
 ]
