@@ -37,6 +37,10 @@ class Registry(Generic[T]):
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise KeyError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {known}") from None
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (e.g. to re-import an edited module in a notebook); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mtl.cli import common
-from mtl.evaluation.report import IGNORED_KEYS, NoRunsFoundError, to_markdown, write_report
+from mtl.evaluation.report import IGNORED_KEYS, NoRunsFoundError, RunReadError, to_markdown, write_report
 
 PROG = "mtl-report"
 DESCRIPTION = (
     "Find run directories (config.yaml + metrics.json) under the given paths, group them by configuration (all "
-    "resolved config keys except seed, name, paths and logging), aggregate dev macro-F1 over seeds and write "
+    "resolved config keys except seed, name, paths, logging and how a run was carried out such as "
+    "trainer.resume), aggregate dev macro-F1 over seeds and write "
     "report.md, report.json and report.png."
 )
 
@@ -36,11 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        for path in args.paths:
+            if not Path(path).expanduser().exists():
+                raise NoRunsFoundError(f"{path} does not exist")
+        out = Path(args.out if args.out is not None else args.paths[0]).expanduser()
+        common.ensure_writable_dir(out.parent if out.is_file() else out, "report folder")
         report = write_report(args.paths, args.out, (*IGNORED_KEYS, *args.ignore), args.sort_by)
     except NoRunsFoundError as exc:
         return common.fail(PROG, exc, 2)
     except KeyError as exc:
-        return common.fail(PROG, f"unknown --sort-by {args.sort_by!r} ({exc})", 2)
+        return common.fail(PROG, f"unknown --sort-by {args.sort_by!r} ({exc.args[0] if exc.args else exc})", 2)
+    except (RunReadError, common.OutputDirError) as exc:
+        return common.fail(PROG, exc, 2)
+    except OSError as exc:  # e.g. the folder became read-only or the disk is full while writing
+        return common.fail(PROG, common.os_error_message(exc), 2)
     print(to_markdown(report, report["files"].get("plot")))
     print("written: " + ", ".join(report["files"].values()))
     if "plot_error" in report:

@@ -26,8 +26,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mtl.data.readers import BadRowError
     from mtl.models.encoder import EncoderLoadError
     from mtl.training.trainer import TrainingStopped
+    from mtl.utils.files import CheckpointError
 
-    return (FileNotFoundError, BadRowError, EncoderLoadError, TrainingStopped, ValueError, KeyError, TypeError)
+    # ValueError covers the config checks (ConfigError: the key and the value) and the run directory's
+    # (RunDirError: another run there, or in use); CheckpointError names the unreadable checkpoint file
+    return (FileNotFoundError, BadRowError, EncoderLoadError, TrainingStopped, CheckpointError, ValueError,
+            KeyError, TypeError)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="train")

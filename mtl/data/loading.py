@@ -248,6 +248,39 @@ def _read_source(
     return reader(_spec(task, name, root / str(task[key]), data, root_hint))
 
 
+def _require_examples(task: str, examples: Sequence[Example], report: ReadReport, what: str = "task") -> None:
+    """A source that yields no usable example is an error naming the task and the file, and why."""
+    if examples:
+        return
+    if report.rows == 0:
+        why = "the file is empty"
+    else:
+        parts = []
+        if report.unlabelled:
+            parts.append(f"{report.unlabelled} unlabelled")
+        if report.skipped:
+            parts.append("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(report.skipped.items())))
+        why = f"all {report.rows} rows were left out ({'; '.join(parts) or 'none kept'})"
+    raise ValueError(f"{what} {task!r}: no usable examples in {report.source}: {why}")
+
+
+def _warn_dev_only_labels(
+    task: str, label_names: Sequence[str], train: Sequence[Example], dev: Sequence[Example]
+) -> list[str]:
+    """Warn about labels that occur in dev but never in train (the model cannot learn them); returns them."""
+    in_train = {e.label for e in train}
+    only_dev = sorted({e.label for e in dev if e.label is not None and e.label not in in_train})
+    names = [label_names[i] for i in only_dev]
+    if names:
+        log.warning(
+            "task %r: label(s) %s occur in dev but never in train: the model cannot learn them "
+            "(check the split, data.max_train_per_task or the label list)",
+            task,
+            ", ".join(repr(n) for n in names),
+        )
+    return names
+
+
 def _normalise(examples: Sequence[Example]) -> list[Example]:
     return [replace(e, texts=tuple(tianchi_normalize(t) for t in e.texts)) for e in examples]
 
@@ -279,6 +312,7 @@ def load_task(
     split_cfg = dict(task.get("split") or {"method": "stratified_fraction"})
     method = split_cfg.get("method", "stratified_fraction")
     examples, report = _read_source(task, name, "train", data, root, root_hint)
+    _require_examples(name, examples, report)
     task_report = TaskReport(task=name, split_method=method, reads=[report])
     if method == "id_at_least":
         if "threshold" not in split_cfg:
@@ -286,9 +320,10 @@ def load_task(
         train, dev = id_at_least(examples, int(split_cfg["threshold"]))
     elif method == "stratified_fraction":
         fraction = float(split_cfg.get("fraction", data["dev_fraction"]))
-        train, dev = stratified_fraction(examples, fraction, seed)
+        train, dev = stratified_fraction(examples, fraction, seed, source=f"task {name!r} ({report.source})")
     elif method == "files":
         dev_examples, dev_report = _read_source(task, name, "dev", data, root, root_hint)
+        _require_examples(name, dev_examples, dev_report)
         task_report.reads.append(dev_report)
         train, dev = files(examples, dev_examples)
     else:
@@ -306,6 +341,7 @@ def load_task(
     if data["normalize"]:
         train, dev = _normalise(train), _normalise(dev)
     check_disjoint(train, dev, name)
+    _warn_dev_only_labels(name, label_names, train, dev)
     task_report.train, task_report.dev = len(train), len(dev)
     log.info("%s", task_report.summary())
     return TaskData(
@@ -329,7 +365,7 @@ def load_test_sets(
     root = resolve_data_root(data, root)
     out: dict[str, list[Example]] = {}
     for split, rel in test_files.items():
-        examples, _ = read_unlabelled_tsv(
+        examples, report = read_unlabelled_tsv(
             root / str(rel),
             columns=columns,
             text_columns=task["text_columns"],
@@ -337,6 +373,7 @@ def load_test_sets(
             on_bad_row=data["on_bad_row"],
             root_hint=root_hint,
         )
+        _require_examples(name, examples, report, what=f"test {split} of task")
         out[str(split)] = _normalise(examples) if data["normalize"] else examples
     return out
 

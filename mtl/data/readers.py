@@ -21,6 +21,8 @@ __all__ = [
     "DATA_SOURCES_HINT",
     "BadRowError",
     "DataSourceError",
+    "FileEncodingError",
+    "NotAFileError",
     "UNLABELLED",
     "Example",
     "ReadReport",
@@ -71,19 +73,38 @@ class Example:
 class BadRowError(ValueError):
     """A row that cannot be used; the message names the file, the 1-based line, the reason and an excerpt."""
 
-    def __init__(self, source: str, line: int, reason: str, excerpt: str) -> None:
+    #: what the message suggests by default (mtl-train's option); other callers pass their own ``hint``
+    DEFAULT_HINT = "set data.on_bad_row=skip to skip such rows; they are then counted in the log and metrics.json"
+
+    def __init__(self, source: str, line: int, reason: str, excerpt: str, hint: str | None = None) -> None:
         self.source = source
         self.line = line
         self.reason = reason
         self.excerpt = excerpt
-        super().__init__(
-            f"{source}, line {line}: {reason}: {excerpt}\n"
-            "(set data.on_bad_row=skip to skip such rows; they are then counted in the log and metrics.json)"
-        )
+        self.hint = self.DEFAULT_HINT if hint is None else hint
+        super().__init__(f"{self.where}\n({self.hint})")
+
+    @property
+    def where(self) -> str:
+        """File, line, reason and excerpt in one line (without the hint)."""
+        return f"{self.source}, line {self.line}: {self.reason}: {self.excerpt}"
 
 
 class DataSourceError(RuntimeError):
     """A data source that could not be opened for a reason other than a missing local file (e.g. offline hub)."""
+
+
+class NotAFileError(FileNotFoundError):
+    """A data path that exists but is not a regular file (a directory, a socket, ...): the message says so.
+
+    A :class:`FileNotFoundError` so that every caller that turns a missing file into a one-line error
+    treats it the same way.
+    """
+
+
+class FileEncodingError(ValueError):
+    """A whole file in another encoding than UTF-8 (e.g. GBK): one error naming the file and the fix,
+    whatever ``on_bad_row`` says (skipping every row of it would leave nothing)."""
 
 
 @dataclass
@@ -96,6 +117,7 @@ class ReadReport:
     unlabelled: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_excerpts: list[str] = field(default_factory=list)
+    nul_rows: int = 0  # kept rows whose texts held NUL bytes (removed from the texts)
 
     @property
     def n_skipped(self) -> int:
@@ -109,6 +131,7 @@ class ReadReport:
             "unlabelled": self.unlabelled,
             "skipped": dict(self.skipped),
             "skipped_excerpts": list(self.skipped_excerpts),
+            **({"nul_rows": self.nul_rows} if self.nul_rows else {}),
         }
 
     def summary(self) -> str:
@@ -119,6 +142,8 @@ class ReadReport:
             parts.append(
                 "skipped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
             )
+        if self.nul_rows:
+            parts.append(f"NUL bytes removed from the texts of {self.nul_rows} rows")
         return "; ".join(parts)
 
 
@@ -216,13 +241,20 @@ class _RowSink:
     def add(self, line: int, raw: str, row_id: str, texts: Sequence[Any], raw_label: Any) -> None:
         """Validate one parsed row and keep it, count it as unlabelled, or report it as bad."""
         spec = self.spec
+        cleaned: list[str] = []
+        had_nul = False
         for column, text in zip(spec.text_columns, texts, strict=True):
             if not isinstance(text, str):
                 self.bad(line, f"text column {column!r} is not a string ({type(text).__name__})", raw)
                 return
+            if "\x00" in text:  # NUL bytes vanish in normalisation/tokenisation: remove them here, counted
+                had_nul = True
+                text = text.replace("\x00", "")
             if not text.strip():
-                self.bad(line, f"empty text in column {column!r}", raw)
+                self.bad(line, f"empty text in column {column!r}" + (" (only NUL bytes)" if had_nul else ""), raw)
                 return
+            cleaned.append(text)
+        texts = cleaned
         if not row_id:
             self.bad(line, "empty id", raw)
             return
@@ -241,6 +273,8 @@ class _RowSink:
                 return
             label = spec.labels.index(value)
         self._seen_ids.add(row_id)
+        if had_nul:
+            self.report.nul_rows += 1
         self.examples.append(Example(id=row_id, texts=tuple(texts), label=label, line=line))
         self.report.kept += 1
 
@@ -250,6 +284,8 @@ class _RowSink:
         log.log(level, "read %s", report.summary())
         for excerpt in report.skipped_excerpts:
             log.warning("  skipped %s", excerpt)
+        if report.nul_rows:
+            log.warning("%s: removed NUL bytes from the texts of %d rows", report.source, report.nul_rows)
         return self.examples, report
 
 
@@ -259,8 +295,55 @@ def _require_file(spec: ReadSpec) -> Path:
     path = spec.path.expanduser().resolve()
     if not path.is_file():
         where = f" (resolved from {spec.root_hint})" if spec.root_hint else ""
+        if path.is_dir():
+            raise NotAFileError(f"{path} is a directory, not a data file{where}: point the task's file at a file in it")
+        if path.exists():
+            raise NotAFileError(f"{path} is not a regular file{where}")
         raise FileNotFoundError(f"data file not found: {path}{where}. {DATA_SOURCES_HINT}")
     return path
+
+
+def _check_encoding(path: Path, data: bytes, chunks: Sequence[bytes]) -> None:
+    """Refuse a file that is mostly not UTF-8 with one error naming the file, its likely encoding and the fix.
+
+    A few undecodable lines in a UTF-8 file stay row errors (or counted skips); a file where at least half of
+    the non-empty lines, or every line with non-ASCII bytes, fails to decode is in another encoding.
+    """
+    try:
+        data.decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    bad = first = 0
+    non_ascii = 0
+    lines = 0
+    for number, chunk in enumerate(chunks, start=1):
+        if not chunk.strip():
+            continue
+        lines += 1
+        if not chunk.isascii():
+            non_ascii += 1
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+            first = first or number
+    if bad < 2 or (bad * 2 < lines and bad < non_ascii):
+        return
+    guess = None
+    for encoding in ("gbk", "gb18030", "big5", "utf-16"):
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        guess = encoding
+        break
+    converted = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    how = f"iconv -f {guess or '<its encoding>'} -t utf-8 {path} > {converted}"
+    fix = f"it looks like {guess.upper()}: convert it with {how}" if guess else f"convert it to UTF-8, e.g. {how}"
+    raise FileEncodingError(
+        f"{path} is not UTF-8 ({bad} of {lines} lines cannot be decoded, the first at line {first}); {fix}"
+    )
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -275,6 +358,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     chunks = data.split(b"\n")
     if chunks and chunks[-1] == b"":
         chunks.pop()
+    _check_encoding(path, data, chunks)
     for number, chunk in enumerate(chunks, start=1):
         yield number, chunk[:-1] if chunk.endswith(b"\r") else chunk
 
@@ -282,10 +366,10 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def _decode(sink: _RowSink, number: int, chunk: bytes) -> str | None:
     try:
         return chunk.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        sink.bad(
-            number, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", chunk.decode("utf-8", "replace")
-        )
+    except UnicodeDecodeError:
+        # one counter for all such rows (no byte position in the reason); a wholly foreign file was refused
+        # before, by _check_encoding
+        sink.bad(number, "not valid UTF-8", chunk.decode("utf-8", "replace"))
         return None
 
 

@@ -60,20 +60,22 @@ def _label_key(ex: Example) -> int:
 
 
 def stratified_fraction(
-    examples: Sequence[Example], fraction: float = 0.1, seed: int = 0
+    examples: Sequence[Example], fraction: float = 0.1, seed: int = 0, source: str = ""
 ) -> tuple[list[Example], list[Example]]:
     """A seeded dev split of ``fraction`` of the rows, stratified by label (sklearn ``train_test_split``).
 
     On tiny data the dev size is raised to the number of classes when that is possible, so every class is
     in dev; classes with a single row stay in train (sklearn cannot stratify them). Both sides keep file order.
+    ``source`` (e.g. the task and its file) starts every error message.
     """
     from sklearn.model_selection import train_test_split
 
+    where = f"{source}: " if source else ""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"dev fraction must be in (0, 1), got {fraction}")
+        raise ValueError(f"{where}dev fraction must be in (0, 1), got {fraction}")
     n = len(examples)
     if n < 2:
-        raise ValueError(f"cannot split {n} example(s) into train and dev")
+        raise ValueError(f"{where}cannot split {n} example(s) into train and dev")
     by_label: dict[int, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         by_label[_label_key(ex)].append(i)
@@ -91,9 +93,13 @@ def stratified_fraction(
         )
         n_dev = n_classes
     if singletons:
-        log.warning("%d label(s) with a single example kept in train only (cannot stratify)", len(singletons))
+        log.warning(
+            "%s%d label(s) with a single example kept in train only (cannot stratify)", where, len(singletons)
+        )
     if n_dev >= len(pool) or len(pool) - n_dev < n_classes:
-        raise ValueError(f"cannot take {n_dev} dev rows from {n} examples stratified over {n_classes} labels")
+        raise ValueError(
+            f"{where}cannot take {n_dev} dev rows from {n} examples stratified over {n_classes} labels"
+        )
     pool.sort()
     train_idx, dev_idx = train_test_split(
         pool,

@@ -46,6 +46,9 @@ IGNORED_KEYS: tuple[str, ...] = (
     "trainer.progress",
     "trainer.log_every",
     "trainer.device",
+    # how a run was carried out, not what it computes: a resumed run equals its uninterrupted twin
+    "trainer.resume",
+    "trainer.checkpoint_every",
     "logger",
     "logger.*",
     "hydra",
@@ -68,10 +71,19 @@ HEADLINE_KEYS: tuple[str, ...] = (
     "trainer.eval_every",
 )
 _ABSENT = "<absent>"
+# a group's label shows at most this much of one value and of the whole (report.json keeps everything)
+_LABEL_VALUE_CHARS = 40
+_LABEL_CHARS = 160
+# parents whose children are named members (tasks.<name>.*): labelled by which members a group has
+_COLLECTIONS = ("tasks",)
 
 
 class NoRunsFoundError(FileNotFoundError):
     """No finished run directory under the given paths."""
+
+
+class RunReadError(ValueError):
+    """A run directory whose ``config.yaml`` or ``metrics.json`` cannot be read; the message names the file."""
 
 
 @dataclass
@@ -139,8 +151,17 @@ def find_run_dirs(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
 
 def load_run(path: str | Path) -> RunRecord:
     path = Path(path)
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    config_file, metrics_file = path / "config.yaml", path / "metrics.json"
+    try:
+        config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RunReadError(f"cannot read {config_file}: {' '.join(str(exc).split())}") from exc
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunReadError(f"cannot read {metrics_file}: {exc} (a run that was killed while writing it?)") from exc
+    if not isinstance(config, dict) or not isinstance(metrics, dict):
+        raise RunReadError(f"{path}: config.yaml and metrics.json must each hold a mapping")
     return RunRecord(path=path, config=flatten(config), metrics=metrics)
 
 
@@ -152,11 +173,25 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+def _short(value: str, limit: int = _LABEL_VALUE_CHARS) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _members(run: RunRecord, collection: str) -> str:
+    """The named members of ``collection`` in a run's config (``tasks`` -> ``ocnli,tnews``)."""
+    prefix = collection + "."
+    names = dict.fromkeys(k[len(prefix):].split(".", 1)[0] for k in run.config if k.startswith(prefix))
+    return ",".join(names)
+
+
 def group_runs(runs: Sequence[RunRecord], ignore: Sequence[str] = IGNORED_KEYS) -> list[ConfigGroup]:
     """Group runs with identical configurations (ignoring ``ignore``); label groups by the keys that vary.
 
-    A sub-key of a component whose ``name`` varies (``balancer.window`` when ``balancer.name`` varies) is
-    left out of the label unless it also varies between runs of one such name.
+    Labels stay short: a sub-key of a component whose ``name`` (or ``name_or_path``) varies
+    (``balancer.window`` when ``balancer.name`` varies) is left out unless it also varies between runs of
+    one such name; groups with different tasks show ``tasks=ocnli,tnews`` instead of every key of the
+    tasks that come and go; long values are cut (``…``), and a label longer than a line ends with
+    ``(+N keys)``. ``ConfigGroup.key`` (``config`` in report.json) keeps every label key in full.
     """
     keys = sorted({k for r in runs for k in r.config if not _ignored(k, ignore)})
     identity = {id(r): tuple((k, _fmt_value(r.config.get(k, _ABSENT))) for k in keys) for r in runs}
@@ -166,24 +201,59 @@ def group_runs(runs: Sequence[RunRecord], ignore: Sequence[str] = IGNORED_KEYS) 
     varying = [k for k in keys if len({dict(g)[k] for g in groups}) > 1]
 
     def explained(k: str) -> bool:
-        parent = k.rsplit(".", 1)[0] if "." in k else ""
-        name_key = f"{parent}.name" if parent else ""
-        if not parent or k == name_key or name_key not in varying:
-            return False
-        by_name: dict[str, set[str]] = {}
-        for g in groups:
-            d = dict(g)
-            by_name.setdefault(d[name_key], set()).add(d[k])
-        return all(len(v) == 1 for v in by_name.values())
+        """Constant within each value of the ``name`` / ``name_or_path`` of a component above it."""
+        parts = k.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            parent = ".".join(parts[:depth])
+            for name_key in (f"{parent}.name", f"{parent}.name_or_path"):
+                if k == name_key or name_key not in varying:
+                    continue
+                by_name: dict[str, set[str]] = {}
+                for g in groups:
+                    d = dict(g)
+                    by_name.setdefault(d[name_key], set()).add(d[k])
+                if all(len(v) == 1 for v in by_name.values()):
+                    return True
+        return False
 
-    label_keys = [k for k in varying if not explained(k)]
+    # collections whose members differ between groups: one `tasks=...` entry instead of their keys
+    members: dict[str, dict[tuple[tuple[str, str], ...], str]] = {}
+    for collection in _COLLECTIONS:
+        if _ignored(collection, ignore) or _ignored(f"{collection}.x", ignore):
+            continue
+        per_group = {key: _members(g.runs[0], collection) for key, g in groups.items()}
+        if len(set(per_group.values())) > 1:
+            members[collection] = per_group
+
+    def presence_only(k: str) -> bool:
+        """A key of a member that some groups lack, with one value wherever it is present."""
+        collection = k.split(".", 1)[0]
+        if collection not in members:
+            return False
+        present = {dict(g)[k] for g in groups} - {_ABSENT}
+        return len(present) <= 1
+
+    label_keys = [k for k in varying if not explained(k) and not presence_only(k)]
     out = []
     for key, g in groups.items():
         d = dict(key)
-        g.key = tuple((k, d[k]) for k in label_keys)
-        g.label = ", ".join(f"{k}={d[k]}" for k in label_keys) or "(all runs)"
+        full = [(c, members[c][key]) for c in members] + [(k, d[k]) for k in label_keys]
+        g.key = tuple(full)
+        g.label = _label(full)
         out.append(g)
     return out
+
+
+def _label(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return "(all runs)"
+    parts = [f"{k}={_short(v)}" for k, v in pairs]
+    text = parts[0]
+    for i, part in enumerate(parts[1:], start=1):
+        if len(text) + 2 + len(part) > _LABEL_CHARS:
+            return f"{text}, … (+{len(parts) - i} keys)"
+        text += ", " + part
+    return text
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
@@ -214,12 +284,15 @@ def build_report(
         vals = {_fmt_value(r.config.get(k, _ABSENT)) for r in runs}
         if len(vals) == 1 and not vals & {_ABSENT, "None"}:
             common[k] = vals.pop()
+    if metric != "avg_macro_f1" and metric not in tasks:
+        raise KeyError(f"{metric!r} is neither avg_macro_f1 nor a task of these runs ({', '.join(tasks)})")
     rows = []
     for g in groups:
         rs = g.runs
         row = {
             "label": g.label,
             "config": g.varying,
+            "task_set": list(dict.fromkeys(t for r in rs for t in r.tasks)),
             "n": len(rs),
             "seeds": sorted((r.seed for r in rs), key=lambda s: (str(type(s)), s)),
             "avg_macro_f1": _stats([r.metrics.get("avg_macro_f1") for r in rs]),
@@ -232,9 +305,20 @@ def build_report(
         rows.append(row)
     key = (lambda row: row[metric]["mean"]) if metric == "avg_macro_f1" else (lambda row: row["tasks"][metric]["mean"])
     rows.sort(key=lambda row: -(key(row) if key(row) is not None else -math.inf))
+    notes = []
+    task_sets = {tuple(row["task_set"]) for row in rows}
+    if len(task_sets) > 1:
+        sets = "; ".join(
+            f"{row['label']}: {', '.join(row['task_set'])}" for row in rows
+        )
+        notes.append(
+            "The groups average macro-F1 over different task sets, so their avg macro-F1 values are not "
+            f"directly comparable; compare the per-task columns ({_short(sets, 400)})."
+        )
     return {
         "paths": [str(p) for p in paths],
         "n_runs": len(runs),
+        "notes": notes,
         "unfinished": [str(p) for p in unfinished],
         "tasks": tasks,
         "common": common,
@@ -282,6 +366,8 @@ def to_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
     if report["common"]:
         parts += ["", "Common settings: " + ", ".join(f"`{k}={v}`" for k, v in report["common"].items())]
     parts += ["", markdown_table(report)]
+    for note in report.get("notes") or []:
+        parts += ["", f"**Note:** {note}"]
     if report["unfinished"]:
         parts += ["", f"Skipped {len(report['unfinished'])} unfinished run dirs (no metrics.json)."]
     if plot:

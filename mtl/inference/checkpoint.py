@@ -57,18 +57,31 @@ class LoadedCheckpoint:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A run directory, its ``checkpoints/`` folder or a ``.pt`` file -> the checkpoint file."""
+    """A run directory, its ``checkpoints/`` folder or a ``.pt`` file -> the checkpoint file.
+
+    ``best.pt`` (the best dev evaluation) first; a run without one (``trainer.save_best=false``, or killed
+    before its first evaluation) falls back to ``last.pt`` (the latest resumable state), saying so.
+    """
     path = Path(path).expanduser()
     if path.is_file():
         return path
-    for cand in (path / "checkpoints" / "best.pt", path / "best.pt"):
-        if cand.is_file():
-            return cand
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a file or a directory (expected a run directory or a .pt file)")
+    for folder in (path / "checkpoints", path):
+        if (folder / "best.pt").is_file():
+            return folder / "best.pt"
+    for folder in (path / "checkpoints", path):
+        last = folder / "last.pt"
+        if last.is_file():
+            message = (f"no best.pt in {folder}: using {last} (the latest saved state, not the best dev "
+                       "evaluation)")
+            log.warning("%s", message)
+            return last
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (expected a run directory or a checkpoint .pt file)")
     raise FileNotFoundError(
         f"no checkpoint in {path}: expected {path / 'checkpoints' / 'best.pt'} "
-        "(written by mtl-train when trainer.save_best=true)"
+        "(written by mtl-train when trainer.save_best=true) or checkpoints/last.pt"
     )
 
 

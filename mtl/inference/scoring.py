@@ -72,30 +72,44 @@ def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size
 
 
 def score_labelled(
-    ckpt: LoadedCheckpoint, files: Mapping[str, str | Path], batch_size: int = 128
+    ckpt: LoadedCheckpoint, files: Mapping[str, str | Path], batch_size: int = 128, on_bad_row: str | None = None
 ) -> dict[str, Any]:
-    """Macro-F1 of the checkpoint on labelled files ``{task: path}`` (each in its task's training format)."""
+    """Macro-F1 of the checkpoint on labelled files ``{task: path}`` (each in its task's training format).
+
+    ``on_bad_row``: ``error`` / ``skip`` for rows that cannot be used (default: the run's ``data.on_bad_row``).
+    """
+    data_cfg = {**ckpt.data_config, **({"on_bad_row": on_bad_row} if on_bad_row else {})}
     sets = {}
     for task, path in files.items():
         if task not in ckpt.labels:
             raise KeyError(f"the checkpoint has no head for task {task!r}; it has {', '.join(ckpt.tasks)}")
         p = Path(path).expanduser()
+        if p.is_dir():
+            raise FileNotFoundError(f"--labelled {task}={path}: {p} is a directory, not a file")
         if not p.is_file():
             raise FileNotFoundError(f"--labelled {task}={path}: no such file")
-        sets[task] = _read_labelled(task, ckpt.task_config(task), ckpt.data_config, p)
+        examples = _read_labelled(task, ckpt.task_config(task), data_cfg, p)
+        if not examples:
+            raise ValueError(f"--labelled {task}={path}: no labelled rows in {p}")
+        sets[task] = examples
     return _score(ckpt, sets, batch_size)
 
 
-def score_dev(ckpt: LoadedCheckpoint, root: str | Path | None = None, batch_size: int = 128) -> dict[str, Any]:
+def score_dev(
+    ckpt: LoadedCheckpoint, root: str | Path | None = None, batch_size: int = 128, on_bad_row: str | None = None
+) -> dict[str, Any]:
     """Re-create each task's dev split exactly as in training (same config and seed) and score on it.
 
     ``root``: the folder the task files are relative to (beats ``MTL_DATA_DIR`` and the run's ``data.root``).
+    ``on_bad_row``: overrides the run's ``data.on_bad_row`` (the split is only the training one if the same
+    rows are kept).
     """
+    data_cfg = {**ckpt.data_config, **({"on_bad_row": on_bad_row} if on_bad_row else {})}
     seed = int(ckpt.config.get("seed", 0))
     sets = {}
-    log.info("dev data root: %s", resolve_data_root(ckpt.data_config, root=root))
+    log.info("dev data root: %s", resolve_data_root(data_cfg, root=root))
     for task in ckpt.tasks:
-        td = load_task(task, ckpt.task_config(task), ckpt.data_config, seed=seed, root=root)
+        td = load_task(task, ckpt.task_config(task), data_cfg, seed=seed, root=root)
         if list(td.labels) != ckpt.labels[task]:
             raise ValueError(f"task {task!r}: the config's labels {td.labels} differ from the checkpoint's")
         sets[task] = td.dev

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -60,9 +63,27 @@ def write_submission(
     """Predict test ``split`` (``a``/``b``) of every task in the checkpoint; write the files and ``result.zip``.
 
     ``root``: the folder the test files are relative to (beats ``MTL_DATA_DIR`` and the run's ``data.root``).
+
+    All or nothing: the files are written and validated in a temporary folder beside ``out_dir`` and moved
+    into place only when complete (:func:`_move_into_place`). A failure leaves ``out_dir`` as it was (an
+    earlier submission there stays whole, never mixed with new files); a success replaces the earlier
+    ``result.zip`` and removes per-task files of it that the new submission does not have.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        sub = _write_into(ckpt, split, staging, root, batch_size)
+        _move_into_place(sub, staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sub
+
+
+def _write_into(
+    ckpt: LoadedCheckpoint, split: str, out_dir: Path, root: str | Path | None, batch_size: int
+) -> Submission:
+    """Write and validate the whole submission in ``out_dir`` (the staging folder)."""
     sub = Submission(split=split, out_dir=out_dir, zip_path=out_dir / SUBMISSION_ZIP)
     for task in ckpt.tasks:
         task_cfg = ckpt.task_config(task)
@@ -80,12 +101,18 @@ def write_submission(
         ids = [e.id for e in examples]
         pred = predict(ckpt, task, examples, batch_size)
         labels = [ckpt.labels[task][p] for p in pred]
-        path = out_dir / str(task_cfg.get("submission_file") or f"{task}_predict.json")
+        name = str(task_cfg.get("submission_file") or f"{task}_predict.json")
+        if name == SUBMISSION_ZIP or Path(name).name != name:
+            raise ValueError(f"task {task!r}: submission_file {name!r} must be a plain file name other than "
+                             f"{SUBMISSION_ZIP}")
+        if name in {p.name for p in sub.files.values()}:
+            raise ValueError(f"task {task!r}: submission_file {name!r} is already used by another task")
+        path = out_dir / name
         with path.open("w", encoding="utf-8", newline="\n") as fh:
             for i, lab in zip(ids, labels, strict=True):
                 fh.write(json.dumps({"id": str(i), "label": str(lab)}, ensure_ascii=False) + "\n")
         sub.files[task], sub.ids[task], sub.predictions[task] = path, ids, labels
-        log.info("%s: %d test-%s rows -> %s", task, len(ids), split, path)
+        log.info("%s: %d test-%s rows predicted", task, len(ids), split)
     sub.missing_tasks = [t for t in EXPECTED_TASKS if t not in ckpt.tasks]
     with zipfile.ZipFile(sub.zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sub.files.values():
@@ -98,6 +125,48 @@ def write_submission(
     if problems:
         raise RuntimeError("the written submission is invalid:\n  " + "\n  ".join(problems))
     return sub
+
+
+def _earlier_files(out_dir: Path) -> list[Path]:
+    """The per-task files an earlier submission left in ``out_dir``: the members of its ``result.zip``
+    (else the ``*_predict.json`` files)."""
+    old_zip = out_dir / SUBMISSION_ZIP
+    names: set[str] = set()
+    if old_zip.is_file():
+        try:
+            with zipfile.ZipFile(old_zip) as zf:
+                names = {n for n in zf.namelist() if Path(n).name == n}
+        except (zipfile.BadZipFile, OSError):
+            names = set()
+    names |= {p.name for p in out_dir.glob("*_predict.json")}
+    return [out_dir / n for n in sorted(names) if (out_dir / n).is_file()]
+
+
+def _move_into_place(sub: Submission, staging: Path, out_dir: Path) -> None:
+    """Move the complete submission from ``staging`` into ``out_dir`` and point ``sub`` at it.
+
+    A new ``out_dir`` is the renamed staging folder (one atomic step). Into an existing one: the earlier
+    ``result.zip`` is removed first, then each task file replaces its namesake, stale task files of the
+    earlier submission are removed, and the new ``result.zip`` comes last, so a ``result.zip`` there is
+    always the complete new one or (after an interruption) none at all.
+    """
+    final_files = {task: out_dir / path.name for task, path in sub.files.items()}
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+    else:
+        if not out_dir.is_dir():
+            raise NotADirectoryError(f"output {out_dir} exists and is not a directory")
+        stale = [p for p in _earlier_files(out_dir) if p.name not in {f.name for f in final_files.values()}]
+        (out_dir / SUBMISSION_ZIP).unlink(missing_ok=True)
+        for task, path in sub.files.items():
+            os.replace(path, final_files[task])
+        for path in stale:
+            path.unlink(missing_ok=True)
+            log.info("removed %s of an earlier submission (not part of this one)", path)
+        os.replace(sub.zip_path, out_dir / SUBMISSION_ZIP)
+    sub.out_dir, sub.zip_path, sub.files = out_dir, out_dir / SUBMISSION_ZIP, final_files
+    for task, path in sub.files.items():
+        log.info("%s -> %s", task, path)
 
 
 def validate_submission(

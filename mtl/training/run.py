@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtl.evaluation.metrics import format_table, majority_macro_f1
 from mtl.evaluation.plots import write_run_outputs
 from mtl.registry import import_modules
+from mtl.training import checkpoint as ckpt
 from mtl.training import distributed as mdist
 from mtl.training.build import (
     RunData,
@@ -30,25 +33,70 @@ from mtl.training.build import (
 )
 from mtl.training.loggers import build_logger
 from mtl.training.trainer import NullLogger, Trainer, TrainerState
-from mtl.utils.files import write_json
+from mtl.training.validate import (
+    ConfigError,
+    check_resume_identity,
+    check_run_dir,
+    clear_run_outputs,
+    lock_run_dir,
+    validate_config,
+)
+from mtl.utils.files import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train one configuration; returns the metrics written to ``metrics.json``."""
+    """Train one configuration; returns the metrics written to ``metrics.json``.
+
+    Before any data is read: the config is validated, the run directory claimed (refused when it holds
+    another run or another process writes there) and a resumed checkpoint's identity checked; only then,
+    once the run is built, is ``config.yaml`` written.
+    """
     # under torchrun: join the process group; every rank uses rank 0's run dir; rank 0 alone writes files
     dist_info = mdist.init_distributed()
     run_dir = mdist.agree_run_dir(run_dir)
     mdist.quiet_other_ranks()
     main = dist_info.is_main
-    run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     import_modules(cfg.imports or [])
-    seed_everything(int(cfg.seed))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    validate_config(cfg)  # every rank: the same config, the same verdict
+    with ExitStack() as stack:
+        # rank 0 claims the directory; its verdict (or error) is every rank's
+        clear_old = _on_main(main, lambda: _claim(stack, cfg, run_dir))
+        return _train(cfg, run_dir, dist_info, clear_old, t_start)
+
+
+def _on_main(main: bool, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0; its result, or its exception, on every rank (no rank left waiting)."""
+    out: Any = None
+    err: BaseException | None = None
     if main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        try:
+            out = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            err = exc
+    out, err = mdist.broadcast_object((out, err))
+    if err is not None:
+        raise err
+    return out
+
+
+def _claim(stack: ExitStack, cfg: DictConfig, run_dir: Path) -> bool:
+    """Lock ``run_dir`` for this run (released when ``stack`` closes) and check that it may write there."""
+    stack.enter_context(lock_run_dir(run_dir))
+    resume_path = ckpt.resolve_resume(cfg.trainer.resume, run_dir)
+    return check_run_dir(run_dir, resume_spec=cfg.trainer.resume, resume_path=resume_path,
+                         overwrite=bool(cfg.trainer.get("overwrite", False)))
+
+
+def _train(cfg: DictConfig, run_dir: Path, dist_info: mdist.DistInfo, clear_old: bool, t_start: float) -> dict[str, Any]:
+    main = dist_info.is_main
+    resume = ckpt.find_resume(cfg.trainer.resume, run_dir)  # an unreadable last.pt falls back to prev.pt
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resume is not None:  # before the data is read: a different run is refused in one line
+        check_resume_identity(resume.state.get("config"), resolved, resume.path)
+    seed_everything(int(cfg.seed))
 
     # 1. data -> model
     encoder, tokenizer = build_encoder(cfg.encoder)
@@ -57,7 +105,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         from mtl.models.vocab_trim import trim_for_run
 
         trim_for_run(encoder, tokenizer, cfg, [*data.train.values(), *data.dev.values()])
-    model = build_model(cfg, encoder, data.num_labels)
+    model = build_model(cfg, encoder, data.num_labels, data.class_counts)
     # 2. balancer and sampler
     balancer = build_balancer(cfg.balancer, data.tasks)
     sampler = build_sampler(cfg.sampler, data.train_sizes, int(cfg.seed))
@@ -67,14 +115,23 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     streams = build_streams(cfg.data, data.train, tokenizer, seed=int(cfg.seed), rank=dist_info.rank,
                             world_size=dist_info.world_size, pin_memory=pin)
     dev_loaders = build_dev_loaders(cfg.data, data.dev, tokenizer, pin_memory=pin)
-    settings = build_settings(cfg, max_steps_for(cfg, sampler, dist_info.world_size))
+    max_steps = max_steps_for(cfg, sampler, dist_info.world_size)
+    if max_steps <= 0:
+        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs}: gives {max_steps} steps; train longer")
+    settings = build_settings(cfg, max_steps)
     # 4. train
     logger = build_logger(OmegaConf.to_container(cfg.logger, resolve=True), run_dir, resolved) if main else NullLogger()
     metrics: dict[str, Any] | None = None
     try:
         trainer = Trainer(model, balancer, sampler, streams, dev_loaders, settings, run_dir, logger=logger,
                           checkpoint_meta={"labels": data.labels, "config": resolved})
-        if main:  # what a checkpoint needs to be rebuilt offline: the tokenizer and the encoder's architecture
+        trainer.resume_from(resume)  # the state restored now: a checkpoint that does not fit fails here
+        del resume
+        if main:  # the run is valid: its config (and, with trainer.overwrite=true, no files of the run before)
+            if clear_old:
+                log.info("trainer.overwrite=true: removed %s", ", ".join(clear_run_outputs(run_dir)) or "nothing")
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            # what a checkpoint needs to be rebuilt offline: the tokenizer and the encoder's architecture
             tokenizer.save_pretrained(run_dir / "checkpoints" / "tokenizer")
             encoder.config.save_pretrained(run_dir / "checkpoints" / "encoder_config")
         log.info(

@@ -73,7 +73,8 @@ class TrainerSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     early_stopping_patience: int | None = None  # stop after N evaluations without a better average macro-F1
     save_best: bool = True  # checkpoints/best.pt holds the best average dev macro-F1
-    max_consecutive_nonfinite: int = 5  # steps with NaN/inf loss are skipped; this many in a row stop the run
+    # steps with a NaN/inf loss or gradient are skipped; this many in a row, of one task or of any, stop the run
+    max_consecutive_nonfinite: int = 5
     progress: bool = True
     # --- speed and scale (docs/scale.md)
     grad_accum_steps: int = 1  # split each task batch into k micro-batches (same update, ~1/k activations)
@@ -81,6 +82,7 @@ class TrainerSettings:
     tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs (ignored on CPU)
     checkpoint_every: int | None = 500  # full resumable state to checkpoints/last.pt every N steps and at the end
     resume: str | None = None  # auto (this run dir's last.pt) | <checkpoint file> | <run dir>
+    overwrite: bool = False  # replace the run already in the run directory (else that directory is refused)
 
 
 class NullLogger:
@@ -104,7 +106,8 @@ class TrainerState:
     evals_without_improvement: int = 0
     nonfinite_skipped: int = 0
     overflow_skipped: int = 0  # fp16: steps the loss scaler skipped while lowering its scale
-    consecutive_nonfinite: int = 0
+    consecutive_nonfinite: int = 0  # skipped steps in a row, whichever task
+    consecutive_nonfinite_by_task: dict[str, int] = field(default_factory=dict)  # per task: its steps in a row
     samples_seen: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -122,6 +125,7 @@ class TrainerState:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["history"] = list(self.history)
+        out["consecutive_nonfinite_by_task"] = dict(self.consecutive_nonfinite_by_task)
         for key in ("last_eval", "best_eval"):
             out[key] = out[key].to_dict() if out[key] is not None else None
         return out
@@ -134,6 +138,7 @@ class TrainerState:
             if kw.get(key) is not None:
                 kw[key] = EvalResult.from_dict(kw[key])
         kw["history"] = list(kw.get("history") or [])
+        kw["consecutive_nonfinite_by_task"] = dict(kw.get("consecutive_nonfinite_by_task") or {})
         return cls(**kw)
 
 
@@ -211,6 +216,7 @@ class Trainer:
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._shared_ids = {id(p) for p in self.model.shared_parameters()}
         self.state = TrainerState()
+        self._resume_decided = False  # resume_from() called: fit() does not look for trainer.resume again
 
     @property
     def step(self) -> int:
@@ -315,19 +321,12 @@ class Trainer:
             if unscaled:
                 self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.state.nonfinite_skipped += 1
-            self.state.consecutive_nonfinite += 1
-            what = "the gradient (finite losses)" if bad == ["(gradient)"] else f"task {', '.join(bad)}"
-            log.warning("step %d: non-finite loss or gradient (%s); step skipped", self.step, what)
-            if self.state.consecutive_nonfinite >= s.max_consecutive_nonfinite:
-                raise TrainingStopped(
-                    f"{self.state.consecutive_nonfinite} consecutive steps with a non-finite loss or gradient "
-                    f"(last: {what} at step {self.step}); try a lower optim.lr, "
-                    "trainer.precision=fp32, or check the data of that task"
-                )
+            self._count_nonfinite(result.tasks, bad)
             self._skip_step()
             return None
         self.state.consecutive_nonfinite = 0
+        for t in result.tasks:
+            self.state.consecutive_nonfinite_by_task[t] = 0
         self.balancer.before_optimizer_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -338,6 +337,35 @@ class Trainer:
         self.state.last_grad_norm = grad_norm
         self.state.step += 1
         return result
+
+    def _count_nonfinite(self, tasks: list[str], bad: list[str]) -> None:
+        """Count a skipped step against the tasks to blame; stop the run when one task (or every step) keeps
+        failing. ``bad == ["(gradient)"]``: finite losses, non-finite total gradient: the step's tasks."""
+        s, st = self.settings, self.state
+        gradient_only = bad == ["(gradient)"]
+        blamed = list(tasks) if gradient_only else bad
+        st.nonfinite_skipped += 1
+        st.consecutive_nonfinite += 1
+        counts = st.consecutive_nonfinite_by_task
+        for t in tasks:  # a task with a finite loss in a step skipped for another task is not broken
+            counts[t] = counts.get(t, 0) + 1 if t in blamed else 0
+        what = (f"non-finite gradient with finite losses (task {', '.join(blamed)})" if gradient_only
+                else f"non-finite loss (task {', '.join(blamed)})")
+        log.warning("step %d: %s; step skipped", self.step, what)
+        worst = max(blamed, key=lambda t: st.consecutive_nonfinite_by_task.get(t, 0))
+        n_task = st.consecutive_nonfinite_by_task.get(worst, 0)
+        if n_task >= s.max_consecutive_nonfinite:
+            raise TrainingStopped(
+                f"{n_task} consecutive steps of task {worst} with a non-finite loss or gradient (last: "
+                f"task {', '.join(blamed)} at step {self.step}), so task {worst} does not train; try a lower "
+                f"optim.lr, trainer.precision=fp32, or check the data of task {worst}"
+            )
+        if st.consecutive_nonfinite >= s.max_consecutive_nonfinite:
+            raise TrainingStopped(
+                f"{st.consecutive_nonfinite} consecutive steps skipped with a non-finite loss or gradient (last: "
+                f"task {', '.join(blamed)} at step {self.step}); try a lower optim.lr, trainer.precision=fp32, "
+                "or check the data of those tasks"
+            )
 
     def _skip_step(self) -> None:
         """A skipped step still uses up its data and its place in the schedule."""
@@ -423,10 +451,13 @@ class Trainer:
     def save_model(self, path: Path, metric: float) -> None:
         if not self.is_main:
             return
-        ckpt.atomic_save(
-            {"model": self.model.state_dict(), "step": self.step, "avg_macro_f1": metric, **self.checkpoint_meta},
-            path,
-        )
+        try:
+            ckpt.atomic_save(
+                {"model": self.model.state_dict(), "step": self.step, "avg_macro_f1": metric, **self.checkpoint_meta},
+                path,
+            )
+        except OSError as exc:
+            raise ckpt.CheckpointError(f"cannot write checkpoint {path}: {type(exc).__name__}: {exc}") from exc
 
     def _logger_state(self) -> Any:
         lg = self.logger
@@ -462,8 +493,8 @@ class Trainer:
         """Write the full state atomically (rank 0); every rank must call it (RNG states are gathered)."""
         path = Path(path) if path is not None else self.run_dir / "checkpoints" / ckpt.LAST
         state = self.state_dict()
-        if self.is_main:
-            ckpt.atomic_save(state, path)
+        if self.is_main:  # verified, the one before it kept as prev.pt (a fallback for an unreadable last.pt)
+            ckpt.save_rotating(state, path)
             log.info("step %d: checkpoint %s", self.step, path)
         return path
 
@@ -474,6 +505,9 @@ class Trainer:
             )
         old_cfg, new_cfg = state.get("config"), self.checkpoint_meta.get("config")
         if isinstance(old_cfg, dict) and isinstance(new_cfg, dict):
+            from mtl.training.validate import check_resume_identity
+
+            check_resume_identity(old_cfg, new_cfg, "the checkpoint")  # before any state is loaded
             diff = ckpt.config_differences(old_cfg, new_cfg)
             if diff:
                 log.warning("resuming with a different configuration for: %s", ", ".join(diff[:20]))
@@ -501,17 +535,32 @@ class Trainer:
         ckpt.restore_rng(rng[self.rank] if self.rank < len(rng) else rng[0])
 
     def load_checkpoint(self, path: str | Path) -> None:
-        self.load_state_dict(ckpt.load(path))
-        self.state.resumed_from = str(path)
-        log.info("resumed from %s at step %d", path, self.step)
+        """Resume from the trainer checkpoint ``path`` (its ``prev.pt`` when ``path`` is unreadable)."""
+        self.resume_from(ckpt.load_for_resume(path))
+
+    def resume_from(self, point: ckpt.ResumePoint | None) -> None:
+        """Restore ``point`` (None: start fresh); :meth:`fit` then no longer looks for ``trainer.resume``."""
+        self._resume_decided = True
+        if point is None:
+            return
+        old_cfg, new_cfg = point.state.get("config"), self.checkpoint_meta.get("config")
+        if isinstance(old_cfg, dict) and isinstance(new_cfg, dict):
+            from mtl.training.validate import check_resume_identity
+
+            check_resume_identity(old_cfg, new_cfg, point.path)  # one line naming the file
+        try:
+            self.load_state_dict(point.state)
+        except (KeyError, RuntimeError, ValueError) as exc:  # a state that does not fit this run: name the file
+            raise ckpt.CheckpointError(f"cannot resume from {point.path}: {type(exc).__name__}: {exc}") from exc
+        self.state.resumed_from = str(point.path)
+        log.info("resumed from %s at step %d", point.path, self.step)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainerState:
         """Train to ``max_steps`` (or early stopping), resuming first if asked; returns the final state."""
         s = self.settings
-        resume_path = ckpt.resolve_resume(s.resume, self.run_dir)
-        if resume_path is not None:
-            self.load_checkpoint(resume_path)
+        if not self._resume_decided:  # run() decides (and checks) before the data is read; direct use: here
+            self.resume_from(ckpt.find_resume(s.resume, self.run_dir))
         best_path = self.run_dir / "checkpoints" / "best.pt"
         every = int(s.checkpoint_every or 0)
         # a progress bar on a terminal; in a file or a cluster log, one plain line every log_every steps
