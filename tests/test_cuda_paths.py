@@ -52,6 +52,7 @@ def test_auto_precision_picks_bf16_only_where_the_gpu_has_it_natively(
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     assert resolve_precision("auto", CUDA0) == expected
     assert resolve_precision("fp16", CUDA0) == "fp16" and resolve_precision("bf16", CUDA0) == "bf16"
+    monkeypatch.setattr("mtl.utils.device.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
@@ -185,3 +186,26 @@ def test_no_pinning_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only machine")
     assert not pin_memory_for("auto") and not pin_memory_for("cpu")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_a_cpu_is_bf16_only_where_it_is_native(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: str
+) -> None:
+    monkeypatch.setattr("mtl.utils.device.cpu_has_native_bf16", lambda: native)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from pathlib import Path
+
+    from mtl.utils import device
+
+    real = Path.read_text
+    for flags, expected in (("fpu avx512f avx512_bf16 sse", True), ("fpu avx512f avx512bw", False),
+                            ("fpu amx_bf16 amx_tile", True)):
+        text = f"processor\t: 0\nflags\t\t: {flags}\n"
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, t=text, **k: t if str(self) == "/proc/cpuinfo"
+                            else real(self, *a, **k))
+        assert device.cpu_has_native_bf16() is expected

@@ -52,7 +52,8 @@ def _fixture_data(fixture_data_root: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_bench_loop(tmp_path: Path) -> None:
     argv = ["--encoder", "tiny_random", "--steps", "2", "--reps", "2", "--warmup-steps", "1", "--batch-size", "4",
-            "--max-length", "32", "--train-per-task", "48", "--device", "cpu", "--threads", "1"]  # fmt: skip
+            "--max-length", "32", "--train-per-task", "48", "--device", "cpu", "--threads", "1",
+            "--precision", "fp32"]  # fmt: skip
     data = run_main("bench_loop", argv, tmp_path / "loop.json")
     assert data["benchmark"] == "loop" and data["device"] == "cpu" and data["precision"] == "fp32"
     assert data["frozen_embeddings"] is True and data["batch_size"] == 4 and data["steps_per_rep"] == 2

@@ -65,7 +65,7 @@ def toy_trainer(
     bal = build_balancer(balancer, list(TASKS), **(balancer_kwargs or {}))
     samp = SAMPLERS.get(sampler)({t: 64 for t in TASKS}, seed=0)
     base = {"max_steps": 10, "eval_every": 5, "log_every": 1, "lr": 1e-2, "head_lr": 1e-2, "warmup": 0.0,
-            "progress": False, "device": "cpu", "checkpoint_every": 0}
+            "progress": False, "device": "cpu", "precision": "fp32", "checkpoint_every": 0}
     base.update(settings)
     return Trainer(model, bal, samp, streams, dev, TrainerSettings(**base), run_dir)
 

@@ -69,7 +69,7 @@ class TrainerSettings:
     max_epochs: float | None = None  # if set, overrides max_steps (an epoch as the sampler defines it)
     eval_every: int = 500  # evaluate on dev every N steps, and always at the end
     log_every: int = 10
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on GPUs and on CPUs with native bf16, else fp16/fp32) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     early_stopping_patience: int | None = None  # stop after N evaluations without a better average macro-F1
     save_best: bool = True  # checkpoints/best.pt holds the best average dev macro-F1
