@@ -115,3 +115,56 @@ def test_progress_lines_when_output_is_not_a_terminal(tmp_path, caplog, monkeypa
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ") and "ETA" in r.getMessage()]
     assert [ln.split()[1] for ln in lines] == ["1/4", "2/4", "4/4"]
     assert all("samples/s" in ln and "loss" in ln for ln in lines)
+
+
+# --- token-budget batches (data.max_tokens) ----------------------------------------------------------------
+
+
+def test_token_budget_batches_hold_the_budget_and_cover_every_row_once() -> None:
+    from mtl.data.batching import TaskBatchSampler
+
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (500,), generator=rng).tolist()
+    lengths[7] = 400  # longer than the budget: a batch of its own
+    s = TaskBatchSampler(len(lengths), 32, seed=3, lengths=lengths, max_tokens=256)
+    batches = s._make(0)
+    assert sorted(i for b in batches for i in b) == list(range(500))  # one pass: every row once
+    for b in batches:
+        assert len(b) <= 32
+        assert len(b) * max(lengths[i] for i in b) <= 256 or len(b) == 1
+    assert [7] in batches
+    sizes = {len(b) for b in batches}
+    assert len(sizes) > 3  # rows per batch vary with the lengths: ~constant tokens instead
+    again = TaskBatchSampler(len(lengths), 32, seed=3, lengths=lengths, max_tokens=256)
+    assert again._make(0) == batches and again._make(1) != batches  # seeded per pass
+    assert s.batches_per_pass() == len(batches)
+
+
+def test_token_budget_needs_lengths_and_a_positive_budget() -> None:
+    from mtl.data.batching import TaskBatchSampler
+
+    with pytest.raises(ValueError, match="data.max_tokens"):
+        TaskBatchSampler(10, 4, seed=0, max_tokens=64)
+    with pytest.raises(ValueError, match="data.max_tokens"):
+        TaskBatchSampler(10, 4, seed=0, lengths=[5] * 10, max_tokens=0)
+
+
+def test_token_budget_run_trains(fixture_data_root, tmp_path, monkeypatch) -> None:
+    """Streams built from data.max_tokens hold the budget (resumed copies included), and a run trains on them."""
+    from mtl.training.build import build_data, build_encoder, build_streams
+    from mtl.training.run import run
+    from tests.helpers import tiny_run_cfg, tiny_run_env
+
+    gen = tiny_run_env(monkeypatch, plots=False, one_thread=True)
+    next(gen)
+    cfg = tiny_run_cfg(fixture_data_root, "data.max_tokens=64", "data.batch_size=16", "trainer.max_steps=3",
+                       "trainer.eval_every=3")
+    encoder, tok = build_encoder(cfg.encoder)
+    data = build_data(cfg, tok)
+    streams = build_streams(cfg.data, data.train, tok, seed=0)
+    for stream in streams.values():
+        for _ in range(3):
+            rows, width = stream.next()["input_ids"].shape
+            assert rows * width <= 64 or rows == 1
+    metrics = run(cfg, tmp_path / "run")
+    assert metrics["steps"] == 3 and metrics["nonfinite_steps_skipped"] == 0

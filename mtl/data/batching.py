@@ -16,21 +16,44 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+def _token_batches(order: np.ndarray, lens: np.ndarray, max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Cut rows (sorted longest first) into batches of at most ``max_tokens`` padded positions (rows x the
+    batch's longest row) and at most ``max_rows`` rows; a row longer than the budget is a batch of its own."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order.tolist():
+        length = int(lens[i])
+        grown = max(longest, length)
+        if current and ((len(current) + 1) * grown > max_tokens or len(current) >= max_rows):
+            batches.append(current)
+            current, grown = [], length
+        current.append(i)
+        longest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
 def _pass_batches(
     n: int, batch_size: int, seed: int, pass_index: int, lengths: Sequence[int] | None, group_by_length: bool,
-    drop_last: bool, rank: int = 0, world_size: int = 1,
+    drop_last: bool, rank: int = 0, world_size: int = 1, max_tokens: int | None = None,
 ) -> list[list[int]]:
     rng = np.random.default_rng([seed, pass_index])
     order = rng.permutation(n)
     if world_size > 1:  # each rank its own shard of every task (same permutation on every rank)
         usable = (n // world_size) * world_size
         order = order[:usable][rank::world_size]
-    if group_by_length and lengths is not None:
+    grouped = (group_by_length or max_tokens is not None) and lengths is not None
+    if grouped:
         # sort within mega-chunks of 50 batches, then shuffle the batches: little padding, still random
         chunk = batch_size * 50
         lens = np.asarray(lengths)
         parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
         order = np.concatenate([p[np.argsort(-lens[p], kind="stable")] for p in parts]) if parts else order
+    if max_tokens is not None and lengths is not None:  # token budget: batches of ~constant padded positions
+        batches = _token_batches(order, np.asarray(lengths), int(max_tokens), batch_size)
+        return [batches[i] for i in rng.permutation(len(batches))]
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     if drop_last and batches and len(batches[-1]) < batch_size and len(batches) > 1:
         batches.pop()
@@ -52,11 +75,15 @@ class TaskBatchSampler:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        max_tokens: int | None = None,
     ) -> None:
         if n <= 0:
             raise ValueError("cannot sample batches from an empty training set")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if max_tokens is not None and (int(max_tokens) < 1 or lengths is None):
+            raise ValueError(f"data.max_tokens={max_tokens}: needs a positive budget and the rows' lengths")
+        self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.lengths, self.group_by_length, self.drop_last = lengths, group_by_length, drop_last
         self.rank, self.world_size = rank, world_size
@@ -67,7 +94,7 @@ class TaskBatchSampler:
     def _make(self, pass_index: int) -> list[list[int]]:
         return _pass_batches(
             self.n, self.batch_size, self.seed, pass_index, self.lengths, self.group_by_length,
-            self.drop_last, self.rank, self.world_size,
+            self.drop_last, self.rank, self.world_size, self.max_tokens,
         )
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -81,6 +108,8 @@ class TaskBatchSampler:
             yield batch
 
     def batches_per_pass(self) -> int:
+        if self.max_tokens is not None:  # token budget: the current pass's count (passes differ a little)
+            return len(self._batches)
         local = (self.n // self.world_size) if self.world_size > 1 else self.n
         full, rest = divmod(local, self.batch_size)
         if rest and not (self.drop_last and full >= 1):
@@ -115,7 +144,8 @@ class TaskStream:
     def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
         # a fresh sampler copy positioned at the consumed state, so prefetching cannot skip batches
         s = self.sampler
-        own = TaskBatchSampler(s.n, s.batch_size, s.seed, s.lengths, s.group_by_length, s.drop_last, s.rank, s.world_size)
+        own = TaskBatchSampler(s.n, s.batch_size, s.seed, s.lengths, s.group_by_length, s.drop_last, s.rank, s.world_size,
+                               s.max_tokens)
         own.load_state_dict(self._consumed)
         loader = DataLoader(
             self.dataset, batch_sampler=own, collate_fn=self.collate, num_workers=self.num_workers,

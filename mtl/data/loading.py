@@ -65,6 +65,9 @@ class DataSettings:
     eval_batch_size: int = 128
     num_workers: int = 0
     group_by_length: bool = False  # batches of similar length (less padding); still shuffled
+    # token budget (fairseq's --max-tokens): batches of at most this many padded positions (rows x longest row),
+    # at most batch_size rows, length-grouped; each task's loss stays the mean over its batch's rows
+    max_tokens: int | None = None
     # shape bucketing (docs/scale.md): pad each batch up to a few lengths only, so kernels specialised per
     # shape (oneDNN bf16 on CPU, torch.compile / CUDA graphs on GPU) are reused. Ladder first, then multiple.
     length_buckets: list[int] | None = None  # pad to the smallest of these lengths that fits, e.g. [16, 32, 64]

@@ -237,11 +237,13 @@ def build_streams(
     """One endless, resumable batch stream per task (each rank its own shard of every task)."""
     coll = collate_for(data_cfg, tokenizer)
     grouped = bool(data_cfg.group_by_length)
+    max_tokens = data_cfg.get("max_tokens")
     streams = {}
     for i, (task, ds) in enumerate(train.items()):
         bs = TaskBatchSampler(
-            len(ds), int(data_cfg.batch_size), seed=int(seed) * 1000 + i, lengths=ds["length"] if grouped else None,
-            group_by_length=grouped, rank=rank, world_size=world_size,
+            len(ds), int(data_cfg.batch_size), seed=int(seed) * 1000 + i,
+            lengths=ds["length"] if grouped or max_tokens else None,
+            group_by_length=grouped, rank=rank, world_size=world_size, max_tokens=max_tokens,
         )
         streams[task] = TaskStream(ds, bs, coll, num_workers=int(data_cfg.num_workers), pin_memory=pin_memory)
     return streams
