@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,41 @@ def sync(device: torch.device) -> None:
 def step_samples(result: Any) -> int:
     """Rows a ``Trainer.train_step`` result trained on, over all tasks (0 for a skipped step)."""
     return sum(n for _, n in result.counts.values()) if result is not None else 0
+
+
+def train_in_rotation(trainers: dict[str, Any], rng: dict[str, Any], *, warmup: int, until: int, block: int,
+                      start: int = 0) -> tuple[dict[str, int], dict[str, float]]:
+    """Train several Trainers in alternating blocks of ``block`` steps (A B C, B C A, ...), so that machine
+    drift hits all alike; each keeps its own dropout RNG stream (``rng[name]``, updated in place).
+
+    First ``warmup`` untimed steps each (they still train); then timed blocks from step ``start`` up to
+    ``until``. Returns ``(samples, seconds)`` per trainer, printing the running samples/s after each round.
+    """
+    import torch
+
+    names = list(trainers)
+    seconds = dict.fromkeys(names, 0.0)
+    samples = dict.fromkeys(names, 0)
+    for name in names:  # untimed first steps (allocator, first kernels)
+        torch.set_rng_state(rng[name])
+        for _ in range(warmup):
+            trainers[name].train_step()
+        rng[name] = torch.get_rng_state()
+    done, rnd = start, 0
+    while done < until:
+        n = min(block, until - done)
+        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+            torch.set_rng_state(rng[name])
+            t0 = time.perf_counter()
+            for _ in range(n):
+                samples[name] += step_samples(trainers[name].train_step())
+            seconds[name] += time.perf_counter() - t0
+            rng[name] = torch.get_rng_state()
+        done += n
+        rnd += 1
+        print(f"{done}/{until} steps: " + ", ".join(f"{k} {samples[k] / seconds[k]:.1f}" for k in names)
+              + " samples/s", flush=True)
+    return samples, seconds
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ import argparse
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -107,30 +106,10 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         torch.manual_seed(1)
         rng[name] = torch.get_rng_state()  # each variant its own (identical) dropout stream
     del encoder
-    seconds = dict.fromkeys(variants, 0.0)
-    samples = dict.fromkeys(variants, 0)
     names = list(variants)
-    warm = min(args.warmup_steps, args.steps)
-    for name in names:  # first steps untimed (allocator, first-iteration costs); they still train
-        torch.set_rng_state(rng[name])
-        for _ in range(warm):
-            trainers[name].train_step()
-        rng[name] = torch.get_rng_state()
-    done, rnd = warm, 0
-    while done < args.steps:
-        n = min(args.block, args.steps - done)
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
-        for name in order:
-            torch.set_rng_state(rng[name])
-            t0 = time.perf_counter()
-            for _ in range(n):
-                samples[name] += common.step_samples(trainers[name].train_step())
-            seconds[name] += time.perf_counter() - t0
-            rng[name] = torch.get_rng_state()
-        done += n
-        rnd += 1
-        print(f"{done}/{args.steps} steps: " + ", ".join(f"{k} {samples[k] / seconds[k]:.1f}" for k in names)
-              + " samples/s", flush=True)
+    warm = min(args.warmup_steps, args.steps)  # the first steps count towards --steps, untimed
+    samples, seconds = common.train_in_rotation(trainers, rng, warmup=warm, until=args.steps, block=args.block,
+                                                start=warm)
     dev_loaders = {t: DataLoader(ds, batch_size=64, shuffle=False, collate_fn=dyn) for t, ds in dev.items()}
     out: dict[str, Any] = {}
     for name in names:

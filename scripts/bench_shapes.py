@@ -106,28 +106,8 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         rng[name] = torch.get_rng_state()
     del encoder
     names = list(variants)
-    seconds = dict.fromkeys(names, 0.0)
-    samples = dict.fromkeys(names, 0)
-    for name in names:  # untimed first steps (allocator, first kernels); they still train
-        torch.set_rng_state(rng[name])
-        for _ in range(args.warmup_steps):
-            trainers[name].train_step()
-        rng[name] = torch.get_rng_state()
-    done, rnd = 0, 0
-    while done < args.steps:
-        n = min(args.block, args.steps - done)
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
-        for name in order:
-            torch.set_rng_state(rng[name])
-            t0 = time.perf_counter()
-            for _ in range(n):
-                samples[name] += common.step_samples(trainers[name].train_step())
-            seconds[name] += time.perf_counter() - t0
-            rng[name] = torch.get_rng_state()
-        done += n
-        rnd += 1
-        print(f"{done}/{args.steps} steps: " + ", ".join(f"{k} {samples[k] / seconds[k]:.1f}" for k in names)
-              + " samples/s", flush=True)
+    samples, seconds = common.train_in_rotation(trainers, rng, warmup=args.warmup_steps, until=args.steps,
+                                                block=args.block)
     train_out = {k: {"samples_per_second": samples[k] / seconds[k], "seconds": seconds[k]} for k in names}
     base = train_out[names[0]]["samples_per_second"]
     for k in names:
