@@ -26,6 +26,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from mtl.registry import constructor_params
+
 #: constructor arguments that the run supplies, not the config, per registry
 RUN_SUPPLIED = {
     "balancer": frozenset({"task_names"}),
@@ -52,30 +54,17 @@ def _default_field(value: Any) -> Field:
 
 
 def options_of(cls: type, supplied: Iterable[str]) -> list[tuple[str, Any, Any]]:
-    """``(name, type, default)`` of each config-settable constructor argument of ``cls`` (``MISSING``: required).
-
-    Walks the constructors up the class hierarchy while they forward ``**kwargs`` (a loss-level balancer
-    passes ``source`` on to ``Balancer``); ``supplied`` names the arguments the run provides itself.
-    """
-    skip = {"self", *supplied}
-    out: dict[str, tuple[str, Any, Any]] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
+    """``(name, type, default)`` of each config-settable constructor argument of ``cls`` (``MISSING``: required),
+    as :func:`mtl.registry.constructor_params` finds them; the type is the declaring ``__init__``'s annotation."""
+    out = []
+    for param, init in constructor_params(cls, supplied):
         try:
             hints = typing.get_type_hints(init)
         except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated: untyped
             hints = {}
-        params = list(inspect.signature(init).parameters.values())
-        for param in params:
-            if param.name in skip or param.name in out or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                continue
-            default = MISSING if param.default is inspect.Parameter.empty else param.default
-            out[param.name] = (param.name, _plain_type(hints.get(param.name, Any)), default)
-        if not any(p.kind is p.VAR_KEYWORD for p in params) or klass.__module__.startswith("torch"):
-            break
-    return list(out.values())
+        default = MISSING if param.default is inspect.Parameter.empty else param.default
+        out.append((param.name, _plain_type(hints.get(param.name, Any)), default))
+    return out
 
 
 def node_for_class(kind: str, name: str, cls: type) -> type:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -46,6 +47,41 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def constructor_params(cls: type, supplied: Iterable[str] = ()) -> list[tuple[inspect.Parameter, Callable]]:
+    """The keyword parameters ``cls(...)`` accepts, each with the ``__init__`` that declares it.
+
+    Walks the constructors up the class hierarchy while they forward ``**kwargs`` (a loss-level balancer
+    passes ``source`` on to ``Balancer``, every loss ``flood`` on to ``TaskLoss``); the first declaration of a
+    name wins. ``supplied`` names the arguments the run provides itself (``task_names``, ``num_labels``, ...).
+    """
+    skip = set(supplied)
+    out: dict[str, tuple[inspect.Parameter, Callable]] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]  # drop self
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip:
+                out.setdefault(p.name, (p, init))
+        if not any(p.kind is p.VAR_KEYWORD for p in params) or klass.__module__.startswith("torch"):
+            break
+    return list(out.values())
+
+
+def constructor_options(cls: type, supplied: Iterable[str] = ()) -> dict[str, Any]:
+    """``{name: default}`` of :func:`constructor_params` (``inspect.Parameter.empty`` when required)."""
+    return {p.name: p.default for p, _ in constructor_params(cls, supplied)}
+
+
+def check_options(kind: str, name: str, given: Mapping[str, Any], accepted: Iterable[str]) -> None:
+    """A ``TypeError`` naming the options in ``given`` that ``accepted`` lacks, and the accepted ones."""
+    accepted = list(accepted)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise TypeError(f"{kind} {name!r} got unknown option(s) {unknown}; it takes {accepted}")
 
 
 def import_modules(modules: Iterable[str]) -> None:

@@ -18,6 +18,7 @@ Importing this package registers every built-in method.
 
 from mtl.balancers import gramian, loss  # noqa: F401  (register the built-in methods)
 from mtl.balancers.base import BALANCERS, BalanceInput, Balancer, balancer_options, register_balancer
+from mtl.registry import check_options
 
 __all__ = ["BALANCERS", "Balancer", "BalanceInput", "register_balancer", "build_balancer", "balancer_options"]
 
@@ -31,11 +32,8 @@ def build_balancer(name: str, task_names: list[str], **kwargs) -> Balancer:
     cls = BALANCERS.get(name)
     try:
         return cls(task_names, **kwargs)
-    except TypeError as exc:
+    except TypeError:
         if cls.open_options:
             raise
-        accepted = list(balancer_options(cls))
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise TypeError(f"balancer {name!r} got unknown option(s) {unknown}; it takes {accepted}") from exc
+        check_options("balancer", name, kwargs, balancer_options(cls))  # a typo: name it and the options
         raise

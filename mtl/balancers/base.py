@@ -22,7 +22,6 @@ Options: :func:`balancer_options` lists what a class's constructor accepts (walk
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -30,7 +29,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from mtl.registry import Registry
+from mtl.registry import Registry, constructor_options
 
 GradientSource = Literal["representation", "parameters"]
 
@@ -148,18 +147,7 @@ def balancer_options(cls: type[Balancer]) -> dict[str, Any]:
     method passes ``source`` on to :class:`Balancer`). A required option maps to
     ``inspect.Parameter.empty``. ``source`` left at ``None`` means the class's ``default_source``.
     """
-    out: dict[str, Any] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = list(inspect.signature(init).parameters.values())[1:]  # drop self
-        for p in params:
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "task_names":
-                out.setdefault(p.name, p.default)
-        if klass is Balancer or not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return out
+    return constructor_options(cls, supplied=("task_names",))
 
 
 BALANCERS: Registry[Balancer] = Registry("balancer")

@@ -20,6 +20,7 @@ from typing import Any
 from mtl.losses import ce, class_balanced, focal, label_smoothing, logit_adjusted, zlpr  # noqa: F401
 from mtl.losses.base import (
     LOSSES,
+    RUN_SUPPLIED,
     TaskLoss,
     class_balanced_weights,
     class_counts_from_labels,
@@ -29,9 +30,7 @@ from mtl.losses.base import (
     register_loss,
 )
 from mtl.losses.flooding import Flooded
-
-#: constructor arguments the run supplies (not config options): for mtl.config.RUN_SUPPLIED["loss"]
-RUN_SUPPLIED = frozenset({"num_labels", "class_counts"})
+from mtl.registry import check_options
 
 __all__ = [
     "LOSSES",
@@ -58,8 +57,5 @@ def build_loss(name: str, num_labels: int, class_counts: Sequence[int] | None = 
     them raise a ``ValueError`` naming the loss and option when it is missing or empty.
     """
     cls = LOSSES.get(name)
-    accepted = list(loss_options(cls))
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TypeError(f"loss {name!r} got unknown option(s) {unknown}; it takes {accepted}")
+    check_options("loss", name, options, loss_options(cls))
     return cls(num_labels, class_counts, **options)

@@ -20,7 +20,6 @@ uniform weights and a uniform prior: the losses fall back to plain cross-entropy
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -28,9 +27,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from mtl.registry import Registry
+from mtl.registry import Registry, constructor_options
 
 REDUCTIONS = ("mean", "sum", "none")
+#: constructor arguments the run supplies (not config options): for mtl.config.RUN_SUPPLIED["loss"]
+RUN_SUPPLIED = frozenset({"num_labels", "class_counts"})
 WEIGHT_MODES = ("effective_number", "inverse_frequency")
 
 
@@ -177,16 +178,5 @@ def loss_options(cls: type[TaskLoss] | str) -> dict[str, Any]:
     Walks the constructors up to :class:`TaskLoss` while they forward ``**kwargs`` (so ``flood`` is
     everyone's option); ``num_labels`` and ``class_counts`` (supplied by the run) are left out.
     """
-    klass_or_name = LOSSES.get(cls) if isinstance(cls, str) else cls
-    out: dict[str, Any] = {}
-    for klass in klass_or_name.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = list(inspect.signature(init).parameters.values())[1:]  # drop self
-        for p in params:
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("num_labels", "class_counts"):
-                out.setdefault(p.name, p.default)
-        if klass is TaskLoss or not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return out
+    klass = LOSSES.get(cls) if isinstance(cls, str) else cls
+    return constructor_options(klass, supplied=RUN_SUPPLIED)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mtl.registry import check_options
 from mtl.samplers import (  # noqa: F401  (each module registers its sampler)
     all_tasks,
     annealed,
@@ -46,8 +47,5 @@ def build_sampler(name: str, task_sizes: Mapping[str, int], seed: int = 0, **kwa
     cls = SAMPLERS.get(name)
     options = sampler_options(cls)
     if options is not None:
-        accepted = list(options)
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise TypeError(f"sampler {name!r} got unknown option(s) {unknown}; it takes {accepted}")
+        check_options("sampler", name, kwargs, options)
     return cls(task_sizes, seed=seed, **kwargs)

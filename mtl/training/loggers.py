@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any, Protocol
+
+from mtl.utils.files import atomic_write_text
 
 
 class MetricsLogger(Protocol):
@@ -41,13 +44,11 @@ class CSVLogger:
             columns: list[str] = []
             for row in rows:
                 columns.extend(k for k in row if k not in columns)
-            path = self.run_dir / f"{kind}_log.csv"
-            tmp = path.with_suffix(".csv.tmp")
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            tmp.replace(path)
+            buffer = io.StringIO(newline="")
+            writer = csv.DictWriter(buffer, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.run_dir / f"{kind}_log.csv", buffer.getvalue())
 
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         self.flush()

@@ -47,7 +47,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", newline="")  # written as given (csv brings its own \r\n)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
