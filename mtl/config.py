@@ -97,6 +97,7 @@ def register_configs() -> None:
         return
     from mtl.balancers import BALANCERS
     from mtl.data.loading import DataSettings
+    from mtl.evaluation.decision import RULES, DecisionSettings
     from mtl.losses import LOSSES
     from mtl.models.multitask import ModelSettings
     from mtl.samplers import SAMPLERS
@@ -114,6 +115,8 @@ def register_configs() -> None:
         cs.store(group="sampler", name=name, node=node_for_class("sampler", name, SAMPLERS.get(name)))
     for name in LOSSES.names():
         cs.store(group="loss", name=name, node=node_for_class("loss", name, LOSSES.get(name)))
+    for rule in RULES:  # decision=<rule>: the same settings, the rule preset
+        cs.store(group="decision", name=rule, node=DecisionSettings(rule=rule))
     _registered = True
 
 

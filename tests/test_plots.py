@@ -12,7 +12,8 @@ from mtl.evaluation import plots
 from mtl.training.run import run
 from tests.helpers import tiny_run_cfg, tiny_run_env
 
-PNGS = ("curves.png", "balancer_weights.png", "sampler_proportions.png", "confusion_matrices.png")
+PNGS = ("curves.png", "balancer_weights.png", "sampler_proportions.png", "confusion_matrices.png",
+        "confusion_matrices_tuned_biases.png")
 
 
 def tiny(data_root: Path, *extra: str):

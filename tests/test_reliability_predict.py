@@ -43,7 +43,7 @@ def fake_checkpoint(run_dir: Path, tasks: tuple[str, ...] = TASKS) -> LoadedChec
 def _predict_zeros(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every prediction is label 0 (what the files look like is the point here, not the model)."""
     monkeypatch.delenv("MTL_DATA_DIR", raising=False)
-    monkeypatch.setattr(submission_mod, "predict", lambda ckpt, task, examples, batch_size=128: [0] * len(examples))
+    monkeypatch.setattr(submission_mod, "predict", lambda ckpt, task, examples, batch_size=128, rule=None: [0] * len(examples))
 
     def logits(ckpt, task, examples, batch_size=128):  # noqa: ANN001, ANN202
         out = torch.zeros(len(examples), len(ckpt.labels[task]))

@@ -197,3 +197,15 @@ def test_gpu_study_dry_run(tmp_path: Path) -> None:
     assert {k: v["exit"] for k, v in summary["stages"].items()} == {"bench_gpu": 0, "bench_loop": 0, "tianchi_epoch": 0}
     assert 0.0 <= summary["tianchi_epoch"]["avg_macro_f1"] <= 1.0 and set(summary["tianchi_epoch"]["tasks"]) == TASKS
     assert summary["bench_gpu"]["benchmark"] == "gpu" and summary["bench_loop"]["benchmark"] == "loop"
+
+
+def test_bench_losses(tmp_path: Path) -> None:
+    argv = ["--encoder", "tiny_random", "--steps", "2", "--block", "1", "--warmup-steps", "1", "--batch-size", "4",
+            "--max-length", "32", "--train-per-task", "48", "--dev-per-task", "16", "--threads", "1",
+            "--losses", "ce,focal,logit_adjusted"]  # fmt: skip
+    data = run_main("bench_losses", argv, tmp_path / "losses.json")
+    assert data["benchmark"] == "losses" and list(data["train"]) == ["ce", "focal", "logit_adjusted"]
+    assert data["train"]["ce"]["step_cost_ratio_to_ce"] == pytest.approx(1.0)
+    assert all(positive(v["step_cost_ratio_to_ce"]) for v in data["train"].values())
+    rules = data["decision_rules"]
+    assert set(rules["score_rules_seconds_per_task"]) == TASKS and positive(rules["evaluation_seconds_all_rules_included"])

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--split dev / --labelled only: skip (and count) rows that cannot be used instead of "
                    "stopping (default: the run's data.on_bad_row). A submission (--split a/b) never skips: "
                    "every test row needs a prediction")
+    p.add_argument("--decision", choices=["argmax", "logit_adjusted", "tuned_biases"], default=None,
+                   help="the decision rule applied to the logits (default: the run's decision rule, saved in the "
+                   "checkpoint: e.g. with decision=tuned_biases the per-class biases fitted on dev)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     args = p.parse_args(argv)
@@ -88,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         files = _labelled_files(args.labelled)
         ckpt = load_checkpoint(args.checkpoint, device=args.device)
         print(f"checkpoint {ckpt.path} (step {ckpt.step}, dev avg macro-F1 {ckpt.avg_macro_f1:.4f}); "
-              f"tasks: {', '.join(ckpt.tasks)}")
+              f"tasks: {', '.join(ckpt.tasks)}; decision rule: {args.decision or ckpt.decision_rule}")
         if args.split in ("a", "b"):
             out = Path(args.out) if args.out else ckpt.run_dir / "submission" / args.split
             common.ensure_writable_dir(out)
-            sub = write_submission(ckpt, args.split, out, args.data_root, args.batch_size)
+            sub = write_submission(ckpt, args.split, out, args.data_root, args.batch_size, args.decision)
             print(sub.summary())
             print(f"valid submission: {sub.zip_path}")
             return 0
@@ -100,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else ckpt.run_dir / "predictions" / name
         common.ensure_writable_dir(out)
         if args.split == "dev":
-            result = score_dev(ckpt, args.data_root, args.batch_size, on_bad_row=args.on_bad_row)
+            result = score_dev(ckpt, args.data_root, args.batch_size, on_bad_row=args.on_bad_row, rule=args.decision)
         else:
-            result = score_labelled(ckpt, files, args.batch_size, on_bad_row=args.on_bad_row)
+            result = score_labelled(ckpt, files, args.batch_size, on_bad_row=args.on_bad_row, rule=args.decision)
         out = write_scores(result, out)
         _print_scores(result)
         print(f"predictions and scores.json in {out}")

@@ -2,6 +2,7 @@
 
     mtl-report outputs/multirun/2026-11-21/16-00-00_sweep_balancers
     mtl-report outputs/ --out reports/all --ignore 'optim.*'
+    mtl-report outputs/study/imbalance --baseline loss.name=ce        # paired differences with 95 % intervals
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"always ignored: {', '.join(IGNORED_KEYS)}",
     )
     p.add_argument("--sort-by", default="avg_macro_f1", help="avg_macro_f1 (default) or a task name")
+    p.add_argument("--baseline", default=None, metavar="KEY=VALUE",
+                   help="the configuration to compare every other against, e.g. loss.name=ce: paired differences "
+                   "over shared seeds with a 95%% Student-t interval and a verdict (better / worse / within noise)")
     return p.parse_args(argv)
 
 
@@ -43,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise NoRunsFoundError(f"{path} does not exist")
         out = Path(args.out if args.out is not None else args.paths[0]).expanduser()
         common.ensure_writable_dir(out.parent if out.is_file() else out, "report folder")
-        report = write_report(args.paths, args.out, (*IGNORED_KEYS, *args.ignore), args.sort_by)
+        report = write_report(args.paths, args.out, (*IGNORED_KEYS, *args.ignore), args.sort_by, args.baseline)
     except NoRunsFoundError as exc:
         return common.fail(PROG, exc, 2)
     except KeyError as exc:
         return common.fail(PROG, f"unknown --sort-by {args.sort_by!r} ({exc.args[0] if exc.args else exc})", 2)
-    except (RunReadError, common.OutputDirError) as exc:
+    except (RunReadError, common.OutputDirError, ValueError) as exc:
         return common.fail(PROG, exc, 2)
     except OSError as exc:  # e.g. the folder became read-only or the disk is full while writing
         return common.fail(PROG, common.os_error_message(exc), 2)

@@ -19,6 +19,11 @@ reports the honest number: two-fold cross-fitting (fit on one half, predict the 
 macro-F1 of the out-of-fold predictions, beside the raw argmax score and the in-sample tuned score, and
 the biases fitted on all rows (what a submission would apply to the test logits).
 
+At evaluation time the run scores every rule side by side (:func:`score_rules`); the ``decision`` config group
+(:class:`DecisionSettings`) says which one is *the run's* rule: the one its best checkpoint is selected by
+(tuned biases by their cross-fitted score), and the one ``mtl-predict`` applies to test logits
+(:func:`decide`).
+
 Macro-F1 here is scikit-learn's ``f1_score(average="macro", labels=range(C), zero_division=0)``
 (:func:`mtl.evaluation.metrics.task_scores`); the search uses an equivalent vectorised count
 (:func:`macro_f1`, checked against scikit-learn in the tests).
@@ -26,7 +31,8 @@ Macro-F1 here is scikit-learn's ``f1_score(average="macro", labels=range(C), zer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -221,3 +227,101 @@ def cross_fitted_scores(logits: Any, labels: Any, num_labels: int, seed: int = 0
         "oof_predictions": oof,
         "n": int(y.shape[0]),
     }
+
+
+# ---------------------------------------------------------------------------------------------------- the run's rule
+
+#: the decision rules, in the order they are reported
+RULES = ("argmax", "logit_adjusted", "tuned_biases")
+
+
+@dataclass
+class DecisionSettings:
+    """The ``decision`` config group (``decision=argmax|logit_adjusted|tuned_biases``); these defaults are
+    the group's defaults.
+
+    Every evaluation scores all rules side by side; ``rule`` is the run's own: the best checkpoint is the
+    one with the best average under it (``tuned_biases``: the two-fold cross-fitted score, never the
+    in-sample one), and ``mtl-predict`` applies it to the test logits (the biases fitted on all of dev at
+    the best evaluation, or ``τ·log π`` with the training prior π saved in the checkpoint).
+    """
+
+    rule: str = "argmax"  # argmax | logit_adjusted | tuned_biases
+    tau: float = 1.0  # logit_adjusted: argmax(z - tau * log prior)
+    seed: int = 0  # tuned_biases: the stratified dev halves of the cross-fitting
+    rounds: int = 3  # tuned_biases: coordinate-ascent rounds
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"decision.rule={self.rule}: choose one of {', '.join(RULES)}")
+        if not np.isfinite(float(self.tau)):
+            raise ValueError(f"decision.tau={self.tau}: must be a finite number")
+        if int(self.rounds) < 1:
+            raise ValueError(f"decision.rounds={self.rounds}: must be a positive integer")
+
+
+def log_prior(counts: Sequence[float]) -> np.ndarray:
+    """``log π`` from training label counts, each count raised to at least 1 (a class absent from training
+    still gets a finite adjustment, as ``mtl.losses.class_prior(counts, min_count=1)``)."""
+    c = np.maximum(np.asarray(counts, dtype=np.float64).reshape(-1), 1.0)
+    return np.log(c / c.sum())
+
+
+def decide(logits: Any, rule: str, *, class_counts: Sequence[float] | None = None, tau: float = 1.0,
+           biases: Sequence[float] | None = None) -> np.ndarray:
+    """Predictions of ``rule`` on ``logits`` ``[N, C]``: ``argmax``; ``logit_adjusted`` (needs the training
+    ``class_counts``); ``tuned_biases`` (needs the fitted ``biases``)."""
+    if rule == "argmax":
+        return argmax(logits)
+    if rule == "logit_adjusted":
+        if class_counts is None:
+            raise ValueError("decision rule logit_adjusted needs the training class counts (none were saved)")
+        return argmax(_logits(logits) - float(tau) * log_prior(class_counts))
+    if rule == "tuned_biases":
+        if biases is None:
+            raise ValueError("decision rule tuned_biases needs fitted biases (none were saved)")
+        return apply_biases(logits, biases)
+    raise ValueError(f"unknown decision rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def score_rules(logits: Any, labels: Any, num_labels: int, settings: DecisionSettings,
+                class_counts: Sequence[float] | None = None) -> dict[str, Any]:
+    """Every rule on one task's labelled dev logits, side by side.
+
+    Returns ``{"macro_f1": {rule: score}, "predictions": {rule: int64 [N]}, "biases": [C] floats}``:
+    ``argmax``; ``logit_adjusted`` (only with ``class_counts``); ``tuned_biases``, the honest two-fold
+    cross-fitted score (its predictions are the out-of-fold ones) beside ``tuned_biases_in_sample``
+    (optimistic, for reference; no predictions); ``biases`` fitted on all rows (what prediction applies).
+    With fewer than 2 rows tuning is impossible: the biases are zeros and tuned_biases scores as argmax.
+    """
+    z = _logits(logits)
+    y = _labels(labels, z.shape[0], num_labels)
+    raw = argmax(z)
+    preds: dict[str, np.ndarray] = {"argmax": raw}
+    if class_counts is not None:
+        preds["logit_adjusted"] = decide(z, "logit_adjusted", class_counts=class_counts, tau=settings.tau)
+    if y.shape[0] >= 2:
+        cf = cross_fitted_scores(z, y, num_labels, seed=settings.seed, rounds=settings.rounds)
+        preds["tuned_biases"], biases = cf["oof_predictions"], cf["biases"]
+        in_sample = float(cf["in_sample_macro_f1"])
+    else:
+        preds["tuned_biases"], biases = raw, np.zeros(num_labels)
+        in_sample = task_scores(y, raw, num_labels).macro_f1 if y.size else 0.0
+    scores = {r: task_scores(y, p, num_labels).macro_f1 for r, p in preds.items()}
+    scores["tuned_biases_in_sample"] = in_sample
+    return {"macro_f1": scores, "predictions": preds, "biases": [float(b) for b in biases]}
+
+
+def never_predicted(predictions: Sequence[int], names: Sequence[str]) -> list[str]:
+    """The class names that ``predictions`` never contain."""
+    seen = set(np.asarray(predictions, dtype=np.int64).reshape(-1).tolist())
+    return [str(n) for i, n in enumerate(names) if i not in seen]
+
+
+def rule_averages(per_task: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """``{rule: mean over tasks}`` of :func:`score_rules` outputs ``{task: ...}`` (rules every task has)."""
+    if not per_task:
+        return {}
+    common = set.intersection(*(set(d["macro_f1"]) for d in per_task.values()))
+    order = [*RULES, "tuned_biases_in_sample"]
+    return {r: float(np.mean([d["macro_f1"][r] for d in per_task.values()])) for r in order if r in common}

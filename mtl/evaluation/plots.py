@@ -106,8 +106,14 @@ def plot_curves(run_dir: Path, metrics: Mapping[str, Any], tasks: Sequence[str])
         for t in tasks:
             if f"{t}/macro_f1" in ev:
                 ax.plot(ev["step"], ev[f"{t}/macro_f1"], marker="o", label=t)
+        rule = (metrics.get("decision") or {}).get("rule", "argmax")
         if "avg_macro_f1" in ev:
-            ax.plot(ev["step"], ev["avg_macro_f1"], marker="s", color="black", lw=2, label="average")
+            label = "average" if rule == "argmax" else f"average ({rule})"
+            ax.plot(ev["step"], ev["avg_macro_f1"], marker="s", color="black", lw=2, label=label)
+        for other, style in (("argmax", "-"), ("logit_adjusted", "--"), ("tuned_biases", ":")):
+            if other != rule and f"avg_macro_f1/{other}" in ev:  # the other decision rules, side by side
+                ax.plot(ev["step"], ev[f"avg_macro_f1/{other}"], ls=style, color="dimgrey", lw=1.5,
+                        label=f"average, {other}" + (" (cross-fitted)" if other == "tuned_biases" else ""))
         best = metrics.get("best_step")
         if best is not None:
             ax.axvline(float(best), color="grey", ls=":", lw=1, label=f"best (step {best})")
@@ -259,6 +265,15 @@ def write_run_plots(
         ("balancer weights", lambda: plot_balancer_weights(run_dir, metrics)),
         ("sampler proportions", lambda: plot_sampler_proportions(run_dir, metrics)),
     ]
+    tuned = _rule_predictions(run_dir, "tuned_biases")
+    if tuned:
+        jobs.append((
+            "tuned-biases confusion matrices",
+            lambda: plot_confusion_matrices(
+                run_dir / "confusion_matrices_tuned_biases.png", tuned, label_names or {},
+                "dev predictions with per-class biases tuned on the other half of dev (cross-fitted)",
+            ),
+        ))
     if predictions:
         where = f"dev predictions of the best checkpoint (step {predictions_step})" if predictions_step else ""
         jobs.append((
@@ -280,13 +295,35 @@ def write_run_plots(
     return written
 
 
+def _rule_predictions(run_dir: Path, rule: str) -> dict[str, tuple[list[int], list[int]]]:
+    """``{task: (labels, predictions of rule)}`` from ``dev_predictions.json`` (empty when it has none)."""
+    path = run_dir / "dev_predictions.json"
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return {t: (d["labels"], d["by_rule"][rule]) for t, d in saved["tasks"].items() if rule in d.get("by_rule", {})}
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("plots: cannot read %s: %s", path, exc)
+        return {}
+
+
+def _by_rule(best: EvalResult, task: str) -> dict[str, Any]:
+    """``{"by_rule": {rule: predictions}}`` of the decision rules other than argmax (``{}`` when none)."""
+    kept = ((best.decisions.get(task) or {}).get("predictions") or {}).items()
+    rules = {r: list(v) for r, v in kept if r != "argmax"}
+    return {"by_rule": rules} if rules else {}
+
+
 def write_dev_predictions(
     run_dir: str | Path, best: EvalResult, label_names: Mapping[str, Sequence[str]]
 ) -> dict[str, tuple[list[int], list[int]]]:
     """Write ``dev_predictions.json`` of the best evaluation; returns ``{task: (labels, predictions)}``.
 
-    The file: ``{"step": ..., "tasks": {task: {"label_names": [...], "labels": [...], "predictions": [...]}}}``.
-    An evaluation that kept no predictions writes nothing (and returns ``{}``).
+    The file: ``{"step": ..., "tasks": {task: {"label_names": [...], "labels": [...], "predictions": [...],
+    "by_rule": {rule: [...]}}}}``: ``predictions`` are argmax's; ``by_rule`` the other decision rules'
+    (``tuned_biases``: the out-of-fold, cross-fitted predictions). An evaluation that kept no predictions
+    writes nothing (and returns ``{}``).
     """
     from mtl.utils.files import write_json
 
@@ -298,7 +335,8 @@ def write_dev_predictions(
         {
             "step": best.step,
             "tasks": {
-                t: {"label_names": list(label_names.get(t) or []), "labels": y, "predictions": p}
+                t: {"label_names": list(label_names.get(t) or []), "labels": y, "predictions": p,
+                    **_by_rule(best, t)}
                 for t, (y, p) in predictions.items()
             },
         },

@@ -6,7 +6,9 @@ Runs are grouped by their resolved configuration minus the keys that do not defi
 seed, the run name, data/cache paths, logging options: :data:`IGNORED_KEYS`). The keys that differ
 between groups form each group's label, e.g. ``balancer.name=pcgrad``; per group the mean and the sample
 standard deviation over its runs (seeds) are reported for the average and per-task dev macro-F1 (of each
-run's best checkpoint) and for training throughput.
+run's best checkpoint) and for training throughput. With a baseline (``--baseline KEY=VALUE``) every
+group also gets its paired differences over shared seeds with 95 % Student-t intervals and a verdict
+(:mod:`mtl.evaluation.paired`), in a table and in ``report_paired.png``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mtl.evaluation.paired import paired_difference
 
 __all__ = [
     "IGNORED_KEYS",
@@ -264,10 +268,97 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(vals), "std": std, "n": len(vals), "values": vals}
 
 
+#: the decision rules the report shows beside each run's own score (cross-fitted tuned biases: the honest one)
+REPORTED_RULES = ("argmax", "logit_adjusted", "tuned_biases")
+
+
+def _decision_stats(runs: Sequence[RunRecord], tasks: Sequence[str]) -> dict[str, Any]:
+    """Per decision rule: the average and per-task macro-F1 over the runs, and how many runs never predict
+    each class (``metrics.json``'s ``decision`` block; runs without one contribute nothing)."""
+    out: dict[str, Any] = {}
+    blocks = [r.metrics.get("decision") for r in runs]
+    if not any(blocks):
+        return out
+    for rule in REPORTED_RULES:
+        never: dict[str, dict[str, int]] = {}
+        for b in blocks:
+            for t, d in ((b or {}).get("tasks") or {}).items():
+                for name in (d.get("never_predicted") or {}).get(rule) or []:
+                    never.setdefault(t, {}).setdefault(name, 0)
+                    never[t][name] += 1
+        out[rule] = {
+            "avg_macro_f1": _stats([((b or {}).get("averages") or {}).get(rule) for b in blocks]),
+            "tasks": {t: _stats([(((b or {}).get("tasks") or {}).get(t, {}).get("macro_f1") or {}).get(rule)
+                                 for b in blocks]) for t in tasks},
+            "never_predicted": never,
+        }
+    return out
+
+
+def _by_seed(runs: Sequence[RunRecord], value: Any) -> dict[Any, float | None]:
+    """``{seed: value(run)}``; two runs of one configuration with the same seed cannot be paired (refused)."""
+    out: dict[Any, float | None] = {}
+    for r in runs:
+        if r.seed in out:
+            twins = [str(x.path) for x in runs if x.seed == r.seed]
+            raise RunReadError(f"two runs of one configuration have seed {r.seed} ({', '.join(twins)}): paired "
+                               "differences need one run per seed; remove one or report them separately")
+        v = value(r)
+        out[r.seed] = float(v) if v is not None else None
+    return out
+
+
+def _rule_avg(r: RunRecord, rule: str) -> Any:
+    return ((r.metrics.get("decision") or {}).get("averages") or {}).get(rule)
+
+
+def find_baseline(groups: Sequence[ConfigGroup], spec: str) -> ConfigGroup:
+    """The one group whose runs all have config ``KEY=VALUE`` (``spec``); none or several is a ValueError."""
+    key, sep, value = spec.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--baseline expects KEY=VALUE (e.g. loss.name=ce), got {spec!r}")
+    key, value = key.strip(), value.strip()
+    hits = [g for g in groups if all(_fmt_value(r.config.get(key, _ABSENT)) == value for r in g.runs)]
+    if len(hits) != 1:
+        shown = "; ".join(g.label for g in hits) if hits else "none"
+        raise ValueError(f"--baseline {spec}: {len(hits)} configurations match ({shown}); it must select exactly "
+                         "one (add --ignore for keys that should not split it, or a more specific KEY=VALUE)")
+    return hits[0]
+
+
+def paired_against(group: ConfigGroup, base: ConfigGroup, tasks: Sequence[str]) -> dict[str, Any]:
+    """Paired differences (over shared seeds) of ``group`` against ``base``: the run's average and each
+    task's macro-F1, and each decision rule's average against the baseline's plain argmax average."""
+    def task_f1(t: str) -> Any:
+        return lambda r: ((r.metrics.get("tasks") or {}).get(t) or {}).get("macro_f1")
+
+    def avg(r: RunRecord) -> Any:
+        return r.metrics.get("avg_macro_f1")
+
+    base_argmax = _by_seed(base.runs, lambda r: _rule_avg(r, "argmax") if _rule_avg(r, "argmax") is not None
+                           else avg(r))
+    out: dict[str, Any] = {
+        "baseline": base.label,
+        "average": paired_difference(_by_seed(group.runs, avg), _by_seed(base.runs, avg)),
+        "tasks": {t: paired_difference(_by_seed(group.runs, task_f1(t)), _by_seed(base.runs, task_f1(t)))
+                  for t in tasks},
+        "rules": {},
+    }
+    for rule in REPORTED_RULES:
+        mine = _by_seed(group.runs, lambda r, rule=rule: _rule_avg(r, rule))
+        if any(v is not None for v in mine.values()):
+            out["rules"][rule] = paired_difference(mine, base_argmax)
+    return out
+
+
 def build_report(
-    paths: Sequence[str | Path], ignore: Sequence[str] = IGNORED_KEYS, metric: str = "avg_macro_f1"
+    paths: Sequence[str | Path], ignore: Sequence[str] = IGNORED_KEYS, metric: str = "avg_macro_f1",
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as a JSON-able dict (groups sorted by mean ``metric``, best first)."""
+    """Everything the report shows, as a JSON-able dict (groups sorted by mean ``metric``, best first).
+
+    ``baseline`` (``KEY=VALUE``): every group also gets its paired differences over shared seeds against
+    the group it selects (:func:`paired_against`, :mod:`mtl.evaluation.paired`)."""
     finished, unfinished = find_run_dirs(paths)
     if not finished:
         where = ", ".join(str(p) for p in paths)
@@ -301,8 +392,14 @@ def build_report(
             "wall_seconds": _stats([r.metrics.get("wall_seconds") for r in rs]),
             "best_step": _stats([r.metrics.get("best_step") for r in rs]),
             "runs": [str(r.path) for r in rs],
+            "decision": _decision_stats(rs, tasks),
         }
         rows.append(row)
+    if baseline is not None:
+        base = find_baseline(groups, baseline)
+        for g, row in zip(groups, rows, strict=True):
+            row["paired"] = paired_against(g, base, tasks)
+            row["is_baseline"] = g is base
     key = (lambda row: row[metric]["mean"]) if metric == "avg_macro_f1" else (lambda row: row["tasks"][metric]["mean"])
     rows.sort(key=lambda row: -(key(row) if key(row) is not None else -math.inf))
     notes = []
@@ -324,6 +421,7 @@ def build_report(
         "common": common,
         "ignored_keys": list(ignore),
         "metric": metric,
+        "baseline": baseline,
         "groups": rows,
     }
 
@@ -355,6 +453,64 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def decision_table(report: Mapping[str, Any]) -> str:
+    """Each group under each decision rule: average and per-task macro-F1, and the classes that some run
+    never predicts on dev (``name×k``: in k runs). Empty when no run scored the rules."""
+    tasks = report["tasks"]
+    rows = [r for r in report["groups"] if r.get("decision")]
+    if not rows:
+        return ""
+    head = ["configuration", "decision rule", "avg macro-F1", *[f"{t} F1" for t in tasks], "never predicted (runs)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(tasks) + 1) + ["---"]) + "|"]
+    for row in rows:
+        for rule, d in row["decision"].items():
+            if d["avg_macro_f1"].get("mean") is None:
+                continue
+            never = "; ".join(
+                f"{t}: " + ", ".join(f"{c}×{k}" for c, k in names.items()) for t, names in d["never_predicted"].items()
+            ) or "none"
+            name = rule + (" (cross-fitted)" if rule == "tuned_biases" else "")
+            cells = [row["label"].replace("|", "\\|"), name, _pm(d["avg_macro_f1"]),
+                     *[_pm(d["tasks"][t]) for t in tasks], never]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ci(d: Mapping[str, Any], digits: int = 4) -> str:
+    if d.get("mean") is None:
+        return "–"
+    if d.get("low") is None:
+        return f"{d['mean']:+.{digits}f} (n={d['n']})"
+    return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+
+
+def paired_table(report: Mapping[str, Any]) -> str:
+    """Each group against the baseline: paired difference of the average and per task (95 % t interval
+    over shared seeds) with its verdict; then each decision rule's average against the baseline's argmax."""
+    rows = [r for r in report["groups"] if r.get("paired")]
+    if not rows:
+        return ""
+    tasks = report["tasks"]
+    head = ["configuration", "seeds", "Δ avg macro-F1 [95% CI]", "verdict", *[f"Δ {t}" for t in tasks]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---:", "---:", "---"] + ["---:"] * len(tasks)) + "|"]
+    for row in rows:
+        if row.get("is_baseline"):
+            continue
+        p = row["paired"]
+        cells = [row["label"].replace("|", "\\|"), str(p["average"]["n"]), _ci(p["average"]), p["average"]["verdict"],
+                 *[_ci(p["tasks"][t], 3) for t in tasks]]
+        lines.append("| " + " | ".join(cells) + " |")
+    rule_rows = [(row, rule, d) for row in rows for rule, d in row["paired"]["rules"].items()
+                 if not (row.get("is_baseline") and rule == "argmax")]
+    if rule_rows:
+        lines += ["", "| configuration | decision rule | seeds | Δ avg vs baseline argmax [95% CI] | verdict |",
+                  "|---|---|---:|---:|---|"]
+        for row, rule, d in rule_rows:
+            name = rule + (" (cross-fitted)" if rule == "tuned_biases" else "")
+            lines.append(f"| {row['label'].replace('|', chr(92) + '|')} | {name} | {d['n']} | {_ci(d)} | {d['verdict']} |")
+    return "\n".join(lines)
+
+
 def to_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
     parts = [
         "# Run comparison",
@@ -366,6 +522,24 @@ def to_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
     if report["common"]:
         parts += ["", "Common settings: " + ", ".join(f"`{k}={v}`" for k, v in report["common"].items())]
     parts += ["", markdown_table(report)]
+    paired = paired_table(report)
+    if paired:
+        parts += [
+            "", f"## Paired differences against `{report['baseline']}`", "",
+            "Per seed, this configuration's score minus the baseline's with the same seed; mean and 95 % "
+            "Student-t interval over the shared seeds (paired t). *better*/*worse*: the interval excludes 0.",
+            "", paired,
+        ]
+        if (report.get("files") or {}).get("paired_plot"):
+            parts += ["", f"![paired differences]({Path(report['files']['paired_plot']).name})"]
+    rules = decision_table(report)
+    if rules:
+        parts += [
+            "", "## Decision rules", "",
+            "The same runs' best checkpoints under each decision rule (every run scores all of them on dev). "
+            "`tuned_biases` is two-fold cross-fitted: per-class biases tuned on one half of dev score the other half.",
+            "", rules,
+        ]
     for note in report.get("notes") or []:
         parts += ["", f"**Note:** {note}"]
     if report["unfinished"]:
@@ -408,15 +582,49 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def plot_paired(report: Mapping[str, Any], path: str | Path) -> Path | None:
+    """Paired differences of the average against the baseline, one point per configuration (and per decision
+    rule), 95 % interval as error bars; a line at 0. None when the report has no baseline."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    items = []
+    for row in report["groups"]:
+        for rule, d in (row.get("paired") or {}).get("rules", {}).items():
+            if d.get("mean") is not None and not (row.get("is_baseline") and rule == "argmax"):
+                items.append((f"{row['label']}\n{rule}", d))
+        if row.get("paired") and not (row["paired"].get("rules")) and not row.get("is_baseline"):
+            items.append((row["label"], row["paired"]["average"]))
+    if not items:
+        return None
+    fig = Figure(figsize=(7.0, 0.45 * len(items) + 1.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (_, d) in enumerate(items):
+        lo = d["mean"] - d["low"] if d.get("low") is not None else 0.0
+        hi = d["high"] - d["mean"] if d.get("high") is not None else 0.0
+        colour = {"better": "C2", "worse": "C3"}.get(d["verdict"], "C7")
+        ax.errorbar(d["mean"], i, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=3)
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_yticks(range(len(items)), [name for name, _ in items], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Δ dev avg macro-F1 vs {report['baseline']} (argmax), mean and 95 % paired-t interval")
+    ax.grid(axis="x", alpha=0.3)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def write_report(
     paths: Sequence[str | Path],
     out_dir: str | Path | None = None,
     ignore: Sequence[str] = IGNORED_KEYS,
     metric: str = "avg_macro_f1",
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Build the report and write ``report.md``, ``report.json`` and ``report.png`` into ``out_dir``
     (default: the first path). Returns the report dict with ``files``."""
-    report = build_report(paths, ignore, metric)
+    report = build_report(paths, ignore, metric, baseline)
     out = Path(out_dir) if out_dir is not None else Path(paths[0])
     if out.is_file():
         out = out.parent
@@ -429,6 +637,13 @@ def write_report(
         plot_ok = False
         report["plot_error"] = f"{type(exc).__name__}: {exc}"
     report["files"] = {k: str(v) for k, v in files.items() if k != "plot" or plot_ok}
+    if baseline is not None:
+        try:
+            paired_png = plot_paired(report, out / "report_paired.png")
+            if paired_png is not None:
+                report["files"]["paired_plot"] = str(paired_png)
+        except Exception as exc:  # noqa: BLE001 - the table matters more than the figure
+            report["plot_error"] = f"{type(exc).__name__}: {exc}"
     files["markdown"].write_text(to_markdown(report, files["plot"].name if plot_ok else None), encoding="utf-8")
     files["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report

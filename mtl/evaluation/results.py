@@ -1,10 +1,12 @@
-"""One evaluation's outcome: per-task scores and, when kept, the predictions and gold labels on dev."""
+"""One evaluation's outcome: per-task scores, every decision rule's score, and (when kept) the predictions."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from mtl.evaluation.metrics import TaskScores, average_macro_f1
 
@@ -13,22 +15,64 @@ __all__ = ["EvalResult"]
 
 @dataclass
 class EvalResult:
-    """Scores of one dev evaluation at ``step``; ``predictions``/``labels``: ``{task: label indices}``
-    in the dev set's order (empty when the evaluation did not keep them)."""
+    """Scores of one dev evaluation at ``step``.
+
+    ``scores``: the plain argmax scores (macro-F1, accuracy, loss) per task. ``decisions``: per task, the
+    macro-F1 of every decision rule (``mtl.evaluation.decision.score_rules``: ``{"macro_f1": {rule: f1},
+    "biases": [...], "predictions": {rule: [...]}}``; empty when the evaluation did not score them). ``rule``:
+    the run's decision rule; :attr:`average` is the average macro-F1 under it (what selects the best
+    checkpoint). ``predictions``/``labels``: ``{task: label indices}`` of the argmax rule in the dev set's order
+    (empty when the evaluation did not keep them).
+    """
 
     step: int
     scores: dict[str, TaskScores]
     predictions: dict[str, list[int]] = field(default_factory=dict)
     labels: dict[str, list[int]] = field(default_factory=dict)
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rule: str = "argmax"
+
+    @property
+    def argmax_average(self) -> float:
+        """The average macro-F1 of the plain argmax rule."""
+        return average_macro_f1(self.scores)
+
+    def task_macro_f1(self, task: str, rule: str | None = None) -> float:
+        """``task``'s macro-F1 under ``rule`` (default: the run's rule)."""
+        rule = rule or self.rule
+        if rule == "argmax" or task not in self.decisions:
+            if rule != "argmax":
+                raise KeyError(f"evaluation at step {self.step} has no {rule!r} scores for task {task!r}")
+            return self.scores[task].macro_f1
+        return float(self.decisions[task]["macro_f1"][rule])
+
+    def rule_average(self, rule: str) -> float:
+        if rule == "argmax":
+            return self.argmax_average
+        return float(np.mean([self.task_macro_f1(t, rule) for t in self.scores])) if self.scores else float("nan")
 
     @property
     def average(self) -> float:
-        return average_macro_f1(self.scores)
+        """The average macro-F1 under the run's decision rule."""
+        return self.rule_average(self.rule)
+
+    def rules(self) -> list[str]:
+        """The rules every task was scored with, in report order."""
+        if not self.decisions or set(self.decisions) != set(self.scores):
+            return ["argmax"]
+        common = set.intersection(*(set(d["macro_f1"]) for d in self.decisions.values()))
+        return [r for r in (*("argmax", "logit_adjusted", "tuned_biases"), "tuned_biases_in_sample") if r in common]
 
     def flat(self) -> dict[str, float]:
         out = {"avg_macro_f1": self.average}
+        for r in self.rules():
+            if r != "argmax" or self.rule != "argmax":
+                out[f"avg_macro_f1/{r}"] = self.rule_average(r)
         for t, s in self.scores.items():
             out.update({f"{t}/macro_f1": s.macro_f1, f"{t}/accuracy": s.accuracy, f"{t}/loss": s.loss})
+            for r in self.rules():
+                if r != "argmax":
+                    out[f"{t}/macro_f1/{r}"] = self.task_macro_f1(t, r)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,14 +82,29 @@ class EvalResult:
             "scores": {t: vars(s) for t, s in self.scores.items()},
             "predictions": {t: list(p) for t, p in self.predictions.items()},
             "labels": {t: list(y) for t, y in self.labels.items()},
+            "decisions": {t: _plain(d) for t, d in self.decisions.items()},
+            "rule": self.rule,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
-        """The inverse of :meth:`to_dict`; a dict without predictions/labels (older checkpoints) gives empty ones."""
+        """The inverse of :meth:`to_dict`; a dict without predictions/labels/decisions (older checkpoints)
+        gives empty ones and the argmax rule."""
         return cls(
             int(d["step"]),
             {t: TaskScores(**s) for t, s in d["scores"].items()},
             {t: [int(i) for i in p] for t, p in (d.get("predictions") or {}).items()},
             {t: [int(i) for i in y] for t, y in (d.get("labels") or {}).items()},
+            {t: _plain(v) for t, v in (d.get("decisions") or {}).items()},
+            str(d.get("rule") or "argmax"),
         )
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A :func:`score_rules` result as plain Python (numpy arrays as lists)."""
+    return {
+        "macro_f1": {r: float(v) for r, v in d["macro_f1"].items()},
+        "biases": [float(b) for b in d.get("biases") or []],
+        "predictions": {r: [int(i) for i in np.asarray(p).reshape(-1).tolist()]
+                        for r, p in (d.get("predictions") or {}).items()},
+    }

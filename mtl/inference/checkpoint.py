@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,14 @@ class LoadedCheckpoint:
     avg_macro_f1: float
     path: Path
     device: torch.device
+    #: the run's decision rule and what applying it needs: ``{"rule", "tau", "class_counts": {task: [...]},
+    #: "biases": {task: [...]}}`` (``mtl.training.trainer.Trainer.decision_meta``; older checkpoints: ``{}``)
+    decision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decision_rule(self) -> str:
+        """The rule prediction applies unless told otherwise (``argmax`` for checkpoints without one)."""
+        return str(self.decision.get("rule") or "argmax")
 
     @property
     def run_dir(self) -> Path:
@@ -160,4 +168,12 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedCheckpoint:
         avg_macro_f1=float(state.get("avg_macro_f1", float("nan"))),
         path=ckpt_path,
         device=dev,
+        decision=_decision(state),
     )
+
+
+def _decision(state: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(state.get("decision") or {})
+    if "class_counts" not in d and state.get("class_counts") is not None:
+        d["class_counts"] = state["class_counts"]
+    return d

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from mtl.data.loading import collate, tokenize_examples
 from mtl.data.readers import Example
+from mtl.evaluation.decision import RULES, decide
 from mtl.inference.checkpoint import LoadedCheckpoint
 from mtl.models.multitask import ENCODER_INPUTS
 
-__all__ = ["predict", "predict_logits"]
+__all__ = ["apply_rule", "predict", "predict_logits"]
 
 
 @torch.no_grad()
@@ -37,6 +39,27 @@ def predict_logits(
     return out
 
 
-def predict(ckpt: LoadedCheckpoint, task: str, examples: Sequence[Example], batch_size: int = 128) -> list[int]:
-    """Predicted label indices (into ``ckpt.labels[task]``) for ``examples``, in their order."""
-    return [int(i) for i in predict_logits(ckpt, task, examples, batch_size).argmax(-1).tolist()]
+def apply_rule(ckpt: LoadedCheckpoint, task: str, logits: torch.Tensor, rule: str | None = None) -> np.ndarray:
+    """Label indices of ``logits`` under ``rule`` (default: the checkpoint's decision rule): ``argmax``;
+    ``logit_adjusted`` with the run's τ and training class counts; ``tuned_biases`` with the per-class biases
+    fitted on all of dev at the best evaluation (all saved in the checkpoint)."""
+    rule = rule or ckpt.decision_rule
+    if rule not in RULES:
+        raise ValueError(f"unknown decision rule {rule!r}; choose one of {', '.join(RULES)}")
+    d = ckpt.decision
+    counts = (d.get("class_counts") or {}).get(task)
+    biases = (d.get("biases") or {}).get(task)
+    if rule == "logit_adjusted" and counts is None:
+        raise ValueError(f"{ckpt.path}: decision rule logit_adjusted needs the training class counts of task "
+                         f"{task!r}, which this checkpoint does not hold (written before they were saved)")
+    if rule == "tuned_biases" and biases is None:
+        raise ValueError(f"{ckpt.path}: decision rule tuned_biases needs the biases fitted on dev for task "
+                         f"{task!r}, which this checkpoint does not hold (written before they were saved)")
+    return decide(logits, rule, class_counts=counts, tau=float(d.get("tau", 1.0)), biases=biases)
+
+
+def predict(ckpt: LoadedCheckpoint, task: str, examples: Sequence[Example], batch_size: int = 128,
+            rule: str | None = None) -> list[int]:
+    """Predicted label indices (into ``ckpt.labels[task]``) for ``examples``, in their order, under ``rule``
+    (default: the checkpoint's decision rule, :func:`apply_rule`)."""
+    return [int(i) for i in apply_rule(ckpt, task, predict_logits(ckpt, task, examples, batch_size), rule).tolist()]

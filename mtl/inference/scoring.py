@@ -16,7 +16,7 @@ from mtl.data.normalize import tianchi_normalize
 from mtl.data.readers import Example, ReadSpec, get_reader
 from mtl.evaluation.metrics import TaskScores, average_macro_f1, task_scores
 from mtl.inference.checkpoint import LoadedCheckpoint
-from mtl.inference.predict import predict_logits
+from mtl.inference.predict import apply_rule, predict_logits
 from mtl.utils.files import write_json
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,15 @@ def _read_labelled(task: str, task_cfg: Mapping[str, Any], data_cfg: Mapping[str
     return [e for e in examples if e.label is not None]
 
 
-def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size: int) -> dict[str, Any]:
+def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size: int,
+           rule: str | None = None) -> dict[str, Any]:
     scores: dict[str, TaskScores] = {}
     preds: dict[str, list[dict[str, str]]] = {}
     for task, examples in sets.items():
         if not examples:
             raise ValueError(f"task {task!r}: no labelled examples to score")
         logits = predict_logits(ckpt, task, examples, batch_size)
-        pred = [int(i) for i in logits.argmax(-1).tolist()]
+        pred = [int(i) for i in apply_rule(ckpt, task, logits, rule).tolist()]
         gold = [int(e.label) for e in examples if e.label is not None]
         loss = float(torch.nn.functional.cross_entropy(logits, torch.tensor(gold)))
         scores[task] = task_scores(gold, pred, len(ckpt.labels[task]), loss)
@@ -65,6 +66,7 @@ def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size
         preds[task] = [{"id": e.id, "label": names[p], "gold": names[int(e.label)]}  # type: ignore[arg-type]
                        for e, p in zip(examples, pred, strict=True)]
     return {
+        "decision_rule": rule or ckpt.decision_rule,
         "avg_macro_f1": average_macro_f1(scores),
         "tasks": {t: vars(s) for t, s in scores.items()},
         "predictions": preds,
@@ -72,11 +74,13 @@ def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size
 
 
 def score_labelled(
-    ckpt: LoadedCheckpoint, files: Mapping[str, str | Path], batch_size: int = 128, on_bad_row: str | None = None
+    ckpt: LoadedCheckpoint, files: Mapping[str, str | Path], batch_size: int = 128, on_bad_row: str | None = None,
+    rule: str | None = None,
 ) -> dict[str, Any]:
     """Macro-F1 of the checkpoint on labelled files ``{task: path}`` (each in its task's training format).
 
     ``on_bad_row``: ``error`` / ``skip`` for rows that cannot be used (default: the run's ``data.on_bad_row``).
+    ``rule``: the decision rule (default: the checkpoint's; ``mtl.inference.predict.apply_rule``).
     """
     data_cfg = {**ckpt.data_config, **({"on_bad_row": on_bad_row} if on_bad_row else {})}
     sets = {}
@@ -92,11 +96,12 @@ def score_labelled(
         if not examples:
             raise ValueError(f"--labelled {task}={path}: no labelled rows in {p}")
         sets[task] = examples
-    return _score(ckpt, sets, batch_size)
+    return _score(ckpt, sets, batch_size, rule)
 
 
 def score_dev(
-    ckpt: LoadedCheckpoint, root: str | Path | None = None, batch_size: int = 128, on_bad_row: str | None = None
+    ckpt: LoadedCheckpoint, root: str | Path | None = None, batch_size: int = 128, on_bad_row: str | None = None,
+    rule: str | None = None,
 ) -> dict[str, Any]:
     """Re-create each task's dev split exactly as in training (same config and seed) and score on it.
 
@@ -113,7 +118,7 @@ def score_dev(
         if list(td.labels) != ckpt.labels[task]:
             raise ValueError(f"task {task!r}: the config's labels {td.labels} differ from the checkpoint's")
         sets[task] = td.dev
-    return _score(ckpt, sets, batch_size)
+    return _score(ckpt, sets, batch_size, rule)
 
 
 def write_scores(result: Mapping[str, Any], out_dir: str | Path) -> Path:

@@ -59,10 +59,13 @@ def write_submission(
     out_dir: str | Path,
     root: str | Path | None = None,
     batch_size: int = 128,
+    rule: str | None = None,
 ) -> Submission:
     """Predict test ``split`` (``a``/``b``) of every task in the checkpoint; write the files and ``result.zip``.
 
     ``root``: the folder the test files are relative to (beats ``MTL_DATA_DIR`` and the run's ``data.root``).
+    ``rule``: the decision rule (default: the checkpoint's, e.g. the per-class biases tuned on dev;
+    ``mtl.inference.predict.apply_rule``).
 
     All or nothing: the files are written and validated in a temporary folder beside ``out_dir`` and moved
     into place only when complete (:func:`_move_into_place`). A failure leaves ``out_dir`` as it was (an
@@ -73,7 +76,7 @@ def write_submission(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        sub = _write_into(ckpt, split, staging, root, batch_size)
+        sub = _write_into(ckpt, split, staging, root, batch_size, rule)
         _move_into_place(sub, staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -81,7 +84,8 @@ def write_submission(
 
 
 def _write_into(
-    ckpt: LoadedCheckpoint, split: str, out_dir: Path, root: str | Path | None, batch_size: int
+    ckpt: LoadedCheckpoint, split: str, out_dir: Path, root: str | Path | None, batch_size: int,
+    rule: str | None = None,
 ) -> Submission:
     """Write and validate the whole submission in ``out_dir`` (the staging folder)."""
     sub = Submission(split=split, out_dir=out_dir, zip_path=out_dir / SUBMISSION_ZIP)
@@ -99,7 +103,7 @@ def _write_into(
         data_cfg = {**ckpt.data_config, "on_bad_row": "error"}
         examples = load_test_sets(task, task_cfg, data_cfg, root=root)[split]
         ids = [e.id for e in examples]
-        pred = predict(ckpt, task, examples, batch_size)
+        pred = predict(ckpt, task, examples, batch_size, rule)
         labels = [ckpt.labels[task][p] for p in pred]
         name = str(task_cfg.get("submission_file") or f"{task}_predict.json")
         if name == SUBMISSION_ZIP or Path(name).name != name:
@@ -112,7 +116,7 @@ def _write_into(
             for i, lab in zip(ids, labels, strict=True):
                 fh.write(json.dumps({"id": str(i), "label": str(lab)}, ensure_ascii=False) + "\n")
         sub.files[task], sub.ids[task], sub.predictions[task] = path, ids, labels
-        log.info("%s: %d test-%s rows predicted", task, len(ids), split)
+        log.info("%s: %d test-%s rows predicted (decision rule %s)", task, len(ids), split, rule or ckpt.decision_rule)
     sub.missing_tasks = [t for t in EXPECTED_TASKS if t not in ckpt.tasks]
     with zipfile.ZipFile(sub.zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sub.files.values():

@@ -31,6 +31,7 @@ from mtl import balancers, samplers
 from mtl.balancers import Balancer
 from mtl.data.batching import LengthSortedSampler, TaskBatchSampler, TaskStream
 from mtl.data.loading import collate_for, load_task, tokenize_split
+from mtl.evaluation.decision import DecisionSettings
 from mtl.models.encoder import load_encoder
 from mtl.models.multitask import MultiTaskModel
 from mtl.samplers import SAMPLERS, TaskSampler
@@ -273,6 +274,12 @@ def max_steps_for(cfg: DictConfig, sampler: TaskSampler, world_size: int = 1) ->
         log.info("trainer.max_epochs=%s -> %d steps", tr.max_epochs, steps)
         return steps
     return int(tr.max_steps)
+
+
+def build_decision(cfg: DictConfig) -> DecisionSettings:
+    """The run's decision rule (the ``decision`` group; absent in older configs: argmax)."""
+    node = cfg.get("decision")
+    return DecisionSettings(**_options(node, drop=())) if node is not None else DecisionSettings()
 
 
 def build_settings(cfg: DictConfig, max_steps: int | None = None) -> TrainerSettings:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtl.evaluation.decision import never_predicted
 from mtl.evaluation.metrics import format_table, majority_macro_f1
 from mtl.evaluation.plots import write_run_outputs
+from mtl.evaluation.results import EvalResult
 from mtl.registry import import_modules
 from mtl.training import checkpoint as ckpt
 from mtl.training import distributed as mdist
@@ -20,6 +22,7 @@ from mtl.training.build import (
     RunData,
     build_balancer,
     build_data,
+    build_decision,
     build_dev_loaders,
     build_encoder,
     build_model,
@@ -105,7 +108,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: mdist.DistInfo, clear_old:
         from mtl.models.vocab_trim import trim_for_run
 
         trim_for_run(encoder, tokenizer, cfg, [*data.train.values(), *data.dev.values()])
-    model = build_model(cfg, encoder, data.num_labels, data.class_counts)
+    class_counts = data.class_counts  # the training split actually used (after capping and skipping; logged)
+    model = build_model(cfg, encoder, data.num_labels, class_counts)
     # 2. balancer and sampler
     balancer = build_balancer(cfg.balancer, data.tasks)
     sampler = build_sampler(cfg.sampler, data.train_sizes, int(cfg.seed))
@@ -124,7 +128,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: mdist.DistInfo, clear_old:
     metrics: dict[str, Any] | None = None
     try:
         trainer = Trainer(model, balancer, sampler, streams, dev_loaders, settings, run_dir, logger=logger,
-                          checkpoint_meta={"labels": data.labels, "config": resolved})
+                          checkpoint_meta={"labels": data.labels, "config": resolved, "class_counts": class_counts},
+                          decision=build_decision(cfg), class_counts=class_counts)
         trainer.resume_from(resume)  # the state restored now: a checkpoint that does not fit fails here
         del resume
         if main:  # the run is valid: its config (and, with trainer.overwrite=true, no files of the run before)
@@ -142,8 +147,9 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: mdist.DistInfo, clear_old:
         state = trainer.fit()
         # 5. results
         metrics = run_metrics(state, data, trainer, settings.max_steps, dist_info.world_size,
-                              wall_seconds=time.perf_counter() - t_start)
+                              wall_seconds=time.perf_counter() - t_start, names=label_names(cfg, data.labels))
         table = format_table(state.best_eval.scores, metrics["majority_macro_f1"])
+        table += "\n" + decision_line(metrics["decision"])
         log.info("best dev scores (step %d):\n%s", state.best_eval.step, table)
         if main:  # rank 0 writes; under torchrun the other ranks wait at the cleanup barrier
             print(f"\nBest dev scores (step {state.best_eval.step}) — run dir: {run_dir}\n{table}\n")
@@ -161,20 +167,53 @@ def label_names(cfg: DictConfig, labels: dict[str, list[str]]) -> dict[str, list
     return {t: [str(x) for x in (cfg.tasks[t].get("label_names") or labels[t])] for t in labels}
 
 
+def decision_line(summary: Mapping[str, Any]) -> str:
+    """``decision rules (avg macro-F1): argmax 0.3963 | logit_adjusted 0.41 | tuned_biases 0.43 (cross-fitted)``."""
+    parts = [f"{r} {v:.4f}" for r, v in summary["averages"].items() if r != "tuned_biases_in_sample"]
+    return (f"decision rules (dev avg macro-F1; tuned_biases cross-fitted): {' | '.join(parts)}; "
+            f"this run's rule: {summary['rule']}")
+
+
+def decision_summary(ev: EvalResult, names: Mapping[str, Sequence[str]], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics.json``'s ``decision`` block: every rule's average and per-task macro-F1 side by side, the
+    classes each rule never predicts on dev, and the rule, τ and fitted biases prediction applies."""
+    rules = ev.rules()
+    tasks = {}
+    for t in ev.scores:
+        entry: dict[str, Any] = {"macro_f1": {r: ev.task_macro_f1(t, r) for r in rules}}
+        d = ev.decisions.get(t) or {}
+        preds = dict(d.get("predictions") or {})
+        if "argmax" not in preds and ev.predictions.get(t) is not None:
+            preds["argmax"] = ev.predictions[t]
+        entry["never_predicted"] = {r: never_predicted(p, names[t]) for r, p in preds.items() if len(p)}
+        entry["biases"] = list(d.get("biases") or [])
+        tasks[t] = entry
+    return {
+        "rule": ev.rule, "tau": meta.get("tau"), "step": ev.step,
+        "averages": {r: ev.rule_average(r) for r in rules},
+        "tasks": tasks,
+        "note": "tuned_biases is the two-fold cross-fitted score (biases fitted on one half of dev, scored on the "
+                "other, swapped); tuned_biases_in_sample is optimistic and shown for reference only",
+    }
+
+
 def run_metrics(
-    state: TrainerState, data: RunData, trainer: Trainer, max_steps: int, world_size: int, wall_seconds: float
+    state: TrainerState, data: RunData, trainer: Trainer, max_steps: int, world_size: int, wall_seconds: float,
+    names: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """What ``metrics.json`` holds: the best and last evaluations, the run's counters and its data."""
     best, last = state.best_eval, state.last_eval
     assert best is not None and last is not None
+    label_names_of = dict(names or data.labels)
     majority = {
         t: majority_macro_f1(best.labels.get(t) or list(data.dev[t]["labels"]), len(data.labels[t]))
         for t in data.tasks
     }
     return {
-        "avg_macro_f1": best.average,
+        "avg_macro_f1": best.average,  # under the run's decision rule (argmax unless decision=... says otherwise)
         "best_step": best.step,
-        "tasks": {t: vars(s) for t, s in best.scores.items()},
+        "tasks": {t: vars(s) for t, s in best.scores.items()},  # argmax scores
+        "decision": decision_summary(best, label_names_of, trainer.decision_meta(best)),
         "last": {"step": last.step, "avg_macro_f1": last.average, "tasks": {t: vars(s) for t, s in last.scores.items()}},
         "majority_macro_f1": majority,
         "steps": state.step,
@@ -191,5 +230,6 @@ def run_metrics(
         "resumed_from": state.resumed_from,
         "world_size": world_size,
         "data": data.reports,
+        "class_counts": data.class_counts,  # the training label counts (the priors of the losses and rules)
         "history": state.history,
     }

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from mtl.balancers.base import Balancer
 from mtl.data.batching import TaskStream
+from mtl.evaluation.decision import DecisionSettings, score_rules
 from mtl.evaluation.metrics import format_table, task_scores
 from mtl.evaluation.results import EvalResult
 from mtl.models.multitask import MultiTaskModel
@@ -169,8 +170,15 @@ class Trainer:
         run_dir: str | Path,
         logger: MetricsLogger | None = None,
         checkpoint_meta: dict[str, Any] | None = None,
+        decision: DecisionSettings | None = None,
+        class_counts: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.settings = s = settings
+        # every evaluation scores all decision rules; this one selects the best checkpoint (docs/losses.md)
+        self.decision = decision or DecisionSettings()
+        self.class_counts = {t: [int(c) for c in v] for t, v in (class_counts or {}).items()}
+        if self.decision.rule == "logit_adjusted" and set(self.class_counts) != set(dev_loaders):
+            raise ValueError("decision.rule=logit_adjusted needs the training class counts of every task")
         if int(s.grad_accum_steps) < 1:
             raise ValueError(f"trainer.grad_accum_steps must be >= 1, got {s.grad_accum_steps}")
         self.rank, self.world_size = mdist.get_rank(), mdist.get_world_size()
@@ -416,9 +424,11 @@ class Trainer:
     def _evaluate(self, loaders: Mapping[str, DataLoader], keep_predictions: bool, sharded: bool) -> EvalResult:
         self.model.eval()
         scores, preds_all, labels_all = {}, {}, {}
+        decisions: dict[str, dict[str, Any]] = {}
         for task, full_loader in loaders.items():
+            num_labels = self.model.num_labels[task]
             loader, rows = self._visit_order(full_loader, sharded)
-            preds: list[int] = []
+            chunks: list[Tensor] = []
             labels: list[int] = []
             loss_sum, n = 0.0, 0
             for batch in loader:
@@ -428,24 +438,32 @@ class Trainer:
                 y = batch["labels"]
                 loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
                 n += int(y.numel())
-                preds.extend(logits.argmax(-1).tolist())
+                chunks.append(logits.cpu())
                 labels.extend(y.tolist())
-            if rows is not None:  # put every prediction back at its dataset row (gathering the shards)
-                parts = [(rows, preds, labels, loss_sum, n)]
+            task_logits = torch.cat(chunks) if chunks else torch.zeros(0, num_labels)
+            if rows is not None:  # put every row's logits back at its dataset row (gathering the shards)
+                parts = [(rows, task_logits, labels, loss_sum, n)]
                 if sharded and self.world_size > 1:
                     parts = mdist.all_gather_object(parts[0])
                 total = len(full_loader.dataset)  # type: ignore[arg-type]
-                preds, labels = [0] * total, [0] * total
+                task_logits, labels = torch.zeros(total, num_labels), [0] * total
                 loss_sum, n = 0.0, 0
-                for idx, p, lab, ls, k in parts:
-                    for i, pi, li in zip(idx, p, lab, strict=True):
-                        preds[i], labels[i] = pi, li
+                for idx, z, lab, ls, k in parts:
+                    task_logits[torch.as_tensor(idx, dtype=torch.long)] = z
+                    for i, li in zip(idx, lab, strict=True):
+                        labels[i] = li
                     loss_sum += ls
                     n += k
-            scores[task] = task_scores(labels, preds, self.model.num_labels[task], loss_sum / max(n, 1))
+            preds = task_logits.argmax(-1).tolist()
+            scores[task] = task_scores(labels, preds, num_labels, loss_sum / max(n, 1))
+            decided = score_rules(task_logits, labels, num_labels, self.decision, self.class_counts.get(task))
+            if not keep_predictions:
+                decided.pop("predictions")
+            decisions[task] = decided
             if keep_predictions:
                 preds_all[task], labels_all[task] = preds, labels
-        return EvalResult(self.step, scores, preds_all, labels_all)
+        result = EvalResult(self.step, scores, preds_all, labels_all, decisions, self.decision.rule)
+        return EvalResult.from_dict(result.to_dict())  # plain Python throughout (a checkpoint keeps it)
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, path: Path, metric: float) -> None:
@@ -453,11 +471,22 @@ class Trainer:
             return
         try:
             ckpt.atomic_save(
-                {"model": self.model.state_dict(), "step": self.step, "avg_macro_f1": metric, **self.checkpoint_meta},
+                {"model": self.model.state_dict(), "step": self.step, "avg_macro_f1": metric,
+                 "decision": self.decision_meta(self.state.best_eval), **self.checkpoint_meta},
                 path,
             )
         except OSError as exc:
             raise ckpt.CheckpointError(f"cannot write checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+    def decision_meta(self, ev: EvalResult | None) -> dict[str, Any]:
+        """What prediction needs to apply the run's decision rule: the rule, τ, the training class counts
+        and the per-class biases fitted on all of dev at evaluation ``ev`` (the best one)."""
+        d = self.decision
+        return {
+            "rule": d.rule, "tau": float(d.tau), "class_counts": self.class_counts,
+            "biases": {t: list(v["biases"]) for t, v in (ev.decisions if ev is not None else {}).items()},
+            "step": ev.step if ev is not None else None,
+        }
 
     def _logger_state(self) -> Any:
         lg = self.logger
@@ -486,6 +515,7 @@ class Trainer:
             # what a plain model checkpoint has too, so last.pt also serves for prediction
             "step": self.step,
             "avg_macro_f1": self.state.best_metric,
+            "decision": self.decision_meta(self.state.best_eval),
             **self.checkpoint_meta,
         }
 

@@ -131,6 +131,12 @@ def validate_config(cfg: DictConfig) -> None:
     need("model.head", str(_get(cfg, "model.head")) in HEADS, f"choose one of {HEADS}")
     positive_int("encoder.max_length")
     need("encoder.pooling", str(_get(cfg, "encoder.pooling")) in POOLINGS, f"choose one of {POOLINGS}")
+    if _get(cfg, "decision") is not None:
+        from mtl.evaluation.decision import RULES
+
+        need("decision.rule", str(_get(cfg, "decision.rule")) in RULES, f"choose one of {', '.join(RULES)}")
+        finite("decision.tau", low=None)
+        positive_int("decision.rounds")
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
         raise ConfigError(f"{problems[0]}{more}")
@@ -195,7 +201,8 @@ def check_pairing(cfg: DictConfig) -> None:
 RUN_MARKERS = ("config.yaml", "metrics.json", "checkpoints")
 RUN_FILES = (
     "config.yaml", "metrics.json", "dev_predictions.json", "train_log.csv", "eval_log.csv", "curves.png",
-    "balancer_weights.png", "sampler_proportions.png", "confusion_matrices.png", "checkpoints",
+    "balancer_weights.png", "sampler_proportions.png", "confusion_matrices.png", "confusion_matrices_tuned_biases.png",
+    "checkpoints",
 )
 LOCK = ".lock"
 

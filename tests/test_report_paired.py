@@ -1,0 +1,108 @@
+"""Paired differences over seeds (mtl/evaluation/paired.py) and mtl-report --baseline, against hand-computed
+intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mtl.cli.report import main as report_main
+from mtl.evaluation.paired import paired_difference, t_quantile
+from mtl.evaluation.report import RunReadError, build_report, write_report
+from tests.test_report import fake_run
+
+T_975_2 = 4.302652729749464  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
+T_975_1 = 12.706204736174707
+
+
+def test_t_quantile_matches_tables() -> None:
+    assert t_quantile(0.975, 2) == pytest.approx(T_975_2, rel=1e-9)
+    assert t_quantile(0.975, 1) == pytest.approx(T_975_1, rel=1e-9)
+
+
+def test_paired_difference_by_hand() -> None:
+    # d = (0.1, 0.2, 0.1): mean 2/15, sample sd sqrt(((1/30)^2 * 2 + (1/15)^2) / 2) = sqrt(1/300)
+    out = paired_difference({1: 0.5, 2: 0.6, 3: 0.7}, {1: 0.4, 2: 0.4, 3: 0.6})
+    mean, sd = 2 / 15, math.sqrt(1 / 300)
+    half = T_975_2 * sd / math.sqrt(3)
+    assert out["n"] == 3 and out["seeds"] == [1, 2, 3]
+    assert out["differences"] == pytest.approx([0.1, 0.2, 0.1])
+    assert out["mean"] == pytest.approx(mean) and out["std"] == pytest.approx(sd)
+    assert out["low"] == pytest.approx(mean - half) and out["high"] == pytest.approx(mean + half)
+    assert out["low"] < 0 < out["high"] and out["verdict"] == "within noise"
+    # d = (0.10, 0.11, 0.12): sd 0.01, half 4.3027 * 0.01 / sqrt 3 = 0.02484 -> [0.0852, 0.1348]: better
+    better = paired_difference({1: 0.60, 2: 0.61, 3: 0.62}, {1: 0.5, 2: 0.5, 3: 0.5})
+    assert better["low"] == pytest.approx(0.11 - T_975_2 * 0.01 / math.sqrt(3)) and better["verdict"] == "better"
+    worse = paired_difference({1: 0.5, 2: 0.5, 3: 0.5}, {1: 0.60, 2: 0.61, 3: 0.62})
+    assert worse["verdict"] == "worse" and worse["high"] == pytest.approx(-better["low"])
+    # only the shared seeds with finite values pair up; one pair: no interval
+    two = paired_difference({1: 0.5, 2: 0.7, 9: 0.1}, {1: 0.4, 2: 0.4, 3: 0.3})
+    assert two["seeds"] == [1, 2] and two["high"] - two["mean"] == pytest.approx(T_975_1 * math.sqrt(0.02) / math.sqrt(2))
+    one = paired_difference({1: 0.5, 2: float("nan")}, {1: 0.4, 2: 0.4})
+    assert one["n"] == 1 and one["low"] is None and one["verdict"] == "too few seeds"
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference({}, {}, confidence=1.0)
+
+
+def _decision(argmax: float, tuned: float) -> dict:
+    return {"rule": "argmax", "averages": {"argmax": argmax, "logit_adjusted": argmax, "tuned_biases": tuned}, "tasks": {}}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "study"
+    base = {1: 0.40, 2: 0.45, 3: 0.50}
+    job = 0
+    for balancer, gain in (("equal", 0.0), ("dwa", 0.03), ("pcgrad", None)):
+        for seed, b in base.items():
+            g = {1: 0.10, 2: 0.11, 3: 0.12}[seed] if gain is None else gain
+            f1 = {"ocnli": b + g, "ocemotion": b + g, "tnews": b + g}
+            d = fake_run(root, f"{job}", balancer, seed, f1)
+            m = json.loads((d / "metrics.json").read_text())
+            m["decision"] = _decision(b + g, b + g + 0.05)
+            (d / "metrics.json").write_text(json.dumps(m))
+            job += 1
+    return root
+
+
+def test_report_pairs_each_group_with_the_baseline(runs: Path) -> None:
+    rep = build_report([runs], baseline="balancer.name=equal")
+    rows = {r["label"]: r for r in rep["groups"]}
+    base = rows["balancer.name=equal"]
+    assert base["is_baseline"] and base["paired"]["average"]["mean"] == pytest.approx(0.0)
+    dwa = rows["balancer.name=dwa"]["paired"]
+    assert dwa["average"]["mean"] == pytest.approx(0.03) and dwa["average"]["std"] == pytest.approx(0.0, abs=1e-12)
+    assert dwa["average"]["verdict"] == "better"  # a constant gain: zero spread
+    pc = rows["balancer.name=pcgrad"]["paired"]
+    assert pc["average"]["low"] == pytest.approx(0.11 - T_975_2 * 0.01 / math.sqrt(3))
+    assert pc["tasks"]["tnews"]["mean"] == pytest.approx(0.11)
+    # decision rules: each rule's average against the baseline's argmax average
+    assert base["paired"]["rules"]["tuned_biases"]["mean"] == pytest.approx(0.05)
+    assert pc["rules"]["tuned_biases"]["mean"] == pytest.approx(0.16)
+
+
+def test_report_writes_the_paired_table_and_plot(runs: Path, tmp_path: Path) -> None:
+    rep = write_report([runs], tmp_path / "out", baseline="balancer.name=equal")
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "## Paired differences against `balancer.name=equal`" in md
+    assert "| balancer.name=dwa | 3 | +0.0300 [+0.0300, +0.0300] | better |" in md
+    assert (tmp_path / "out" / "report_paired.png").read_bytes()[:4] == b"\x89PNG"
+    assert rep["files"]["paired_plot"].endswith("report_paired.png")
+
+
+def test_baseline_must_select_one_configuration(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="3 configurations match"):
+        build_report([runs], baseline="sampler.name=all_tasks")
+    with pytest.raises(ValueError, match="0 configurations match"):
+        build_report([runs], baseline="balancer.name=famo")
+    assert report_main([str(runs), "--baseline", "balancer.name"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_two_runs_with_one_seed_are_refused(runs: Path) -> None:
+    fake_run(runs, "dup", "dwa", 1, {"ocnli": 0.4, "ocemotion": 0.4, "tnews": 0.4})
+    with pytest.raises(RunReadError, match="two runs of one configuration have seed 1"):
+        build_report([runs], baseline="balancer.name=equal")
