@@ -105,7 +105,9 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     trainer_keys = [f.name for f in fields(TrainerSettings) if f.name not in OPTIM_KEYS]
-    cs.store(group="optim", name="adamw", node=group_node(TrainerSettings, OPTIM_KEYS, "OptimConfig"))
+    optim_node = group_node(TrainerSettings, OPTIM_KEYS, "OptimConfig")
+    cs.store(group="optim", name="adamw", node=optim_node)
+    cs.store(group="optim", name="adafactor", node=optim_node(optimizer="adafactor"))  # the same keys
     cs.store(group="trainer", name="default", node=group_node(TrainerSettings, trainer_keys, "TrainerConfig"))
     cs.store(group="data", name="default", node=DataSettings)
     cs.store(group="model", name="default", node=ModelSettings)

@@ -290,3 +290,38 @@ def add_protocol_args(ap: argparse.ArgumentParser, *, steps: int, layers: int, o
     ap.add_argument("--data-root", default=None, help=data_root_help)
     ap.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE",
                     help="more Hydra overrides for every run (applied after the script's own)")
+
+
+def quickstart_trainer(encoder: Any, tokenizer: Any, labels: dict[str, int], train: dict[str, Any], *,
+                       batch_size: int, pooling: str = "mean", seed: int = 0, losses: dict[str, Any] | None = None,
+                       model_kwargs: dict[str, Any] | None = None, **settings: Any) -> Any:
+    """A Trainer on the quickstart's batching (one task per step, proportional, length-grouped batches),
+    with its own copy of ``encoder`` and heads initialised from ``seed`` (the same for every variant built
+    with the same seed), task ``losses`` if given, and TrainerSettings overrides ``settings``."""
+    import copy
+
+    import torch
+
+    from mtl.balancers import build_balancer
+    from mtl.data.batching import TaskBatchSampler, TaskStream
+    from mtl.data.loading import collate
+    from mtl.models.multitask import MultiTaskModel
+    from mtl.samplers import SAMPLERS
+    from mtl.training.trainer import Trainer, TrainerSettings
+
+    coll = collate(tokenizer)
+    streams = {}
+    for i, (t, ds) in enumerate(train.items()):
+        bs = TaskBatchSampler(len(ds), batch_size, seed=1000 + i, lengths=ds["length"], group_by_length=True)
+        streams[t] = TaskStream(ds, bs, coll)
+    base = {"max_steps": 10**6, "eval_every": 10**9, "log_every": 10**9, "lr": 1e-4, "head_lr": 2e-3,
+            "warmup": 0.0, "device": "cpu" if not torch.cuda.is_available() else "auto", "progress": False,
+            "checkpoint_every": 0, "save_best": False}
+    base.update(settings)
+    torch.manual_seed(seed)  # same head initialisation for every variant
+    model = MultiTaskModel(copy.deepcopy(encoder), labels, pooling=pooling, dropout=0.1, **(model_kwargs or {}))
+    if losses:
+        model.set_losses(losses)
+    sampler = SAMPLERS.get("proportional")({t: len(ds) for t, ds in train.items()}, seed=0)
+    return Trainer(model, build_balancer("equal", list(train)), sampler, streams, {}, TrainerSettings(**base),
+                   tempfile.mkdtemp(prefix="mtl-bench-"))

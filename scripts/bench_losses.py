@@ -16,9 +16,7 @@ Writes outputs/bench/losses.json (or --out): samples/s per loss and its ratio to
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,15 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _bench_common as common  # noqa: E402
 
-from mtl.balancers import build_balancer  # noqa: E402
-from mtl.data.batching import TaskBatchSampler, TaskStream  # noqa: E402
-from mtl.data.loading import collate  # noqa: E402
 from mtl.evaluation.decision import DecisionSettings, score_rules  # noqa: E402
 from mtl.losses import build_loss, class_counts_from_labels  # noqa: E402
-from mtl.models.multitask import MultiTaskModel  # noqa: E402
-from mtl.samplers import SAMPLERS  # noqa: E402
 from mtl.training.build import build_dev_loaders  # noqa: E402
-from mtl.training.trainer import Trainer, TrainerSettings  # noqa: E402
 
 LOSSES = ("ce", "class_balanced", "focal", "logit_adjusted", "label_smoothing")
 
@@ -63,23 +55,12 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     labels, train, dev = common.load_tasks(cfg, tokenizer, seed=int(cfg.seed), tasks=common.TASKS, with_dev=True)
     counts = {t: class_counts_from_labels(list(ds["labels"]), labels[t]) for t, ds in train.items()}
     names = [n.strip() for n in args.losses.split(",") if n.strip()]
-    device = "cpu" if not torch.cuda.is_available() else "auto"
-    coll = collate(tokenizer)
     trainers, rng = {}, {}
     for name in names:
-        streams = {}
-        for i, (t, ds) in enumerate(train.items()):
-            bs = TaskBatchSampler(len(ds), args.batch_size, seed=1000 + i, lengths=ds["length"], group_by_length=True)
-            streams[t] = TaskStream(ds, bs, coll)
-        settings = TrainerSettings(max_steps=10**6, eval_every=10**9, log_every=10**9, lr=1e-4, head_lr=2e-3,
-                                   warmup=0.0, precision=args.precision, device=device, progress=False,
-                                   checkpoint_every=0, save_best=False)
-        torch.manual_seed(0)  # same head initialisation for every loss
-        model = MultiTaskModel(copy.deepcopy(encoder), labels, pooling=cfg.encoder.pooling, dropout=0.1)
-        model.set_losses({t: build_loss(name, num_labels=labels[t], class_counts=counts[t]) for t in labels})
-        sampler = SAMPLERS.get("proportional")({t: len(ds) for t, ds in train.items()}, seed=0)
-        trainers[name] = Trainer(model, build_balancer("equal", list(common.TASKS)), sampler, streams, {}, settings,
-                                 tempfile.mkdtemp(prefix="mtl-bench-losses-"))
+        losses = {t: build_loss(name, num_labels=labels[t], class_counts=counts[t]) for t in labels}
+        trainers[name] = common.quickstart_trainer(encoder, tokenizer, labels, train, batch_size=args.batch_size,
+                                                   pooling=cfg.encoder.pooling, losses=losses,
+                                                   precision=args.precision)
         torch.manual_seed(1)
         rng[name] = torch.get_rng_state()
     del encoder

@@ -209,3 +209,14 @@ def test_bench_losses(tmp_path: Path) -> None:
     assert all(positive(v["step_cost_ratio_to_ce"]) for v in data["train"].values())
     rules = data["decision_rules"]
     assert set(rules["score_rules_seconds_per_task"]) == TASKS and positive(rules["evaluation_seconds_all_rules_included"])
+
+
+def test_bench_tricks(tmp_path: Path) -> None:
+    argv = ["--encoder", "tiny_random", "--steps", "2", "--block", "1", "--warmup-steps", "1", "--batch-size", "4",
+            "--max-length", "32", "--train-per-task", "48", "--threads", "1"]  # fmt: skip
+    data = run_main("bench_tricks", argv, tmp_path / "tricks.json")
+    assert data["benchmark"] == "tricks" and list(data["train"])[0] == "plain"
+    assert set(data["train"]) == {"plain", "fgm", "pgd3", "rdrop", "multi_sample_dropout4", "ema", "layer_decay",
+                                  "adafactor"}
+    assert data["train"]["plain"]["step_cost_ratio_to_plain"] == pytest.approx(1.0)
+    assert all(positive(v["step_cost_ratio_to_plain"]) for v in data["train"].values())

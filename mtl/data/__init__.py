@@ -10,9 +10,11 @@ from mtl.data.loading import (
     TaskReport,
     collate,
     examples_fingerprint,
+    is_multi_label,
     load_task,
     load_test_sets,
     resolve_data_root,
+    task_type,
     tokenize_examples,
 )
 from mtl.data.normalize import tianchi_normalize
@@ -27,7 +29,14 @@ from mtl.data.readers import (
     reader_names,
     register_reader,
 )
-from mtl.data.splits import check_disjoint, files, id_at_least, stratified_fraction, stratified_subsample
+from mtl.data.splits import (
+    check_disjoint,
+    files,
+    id_at_least,
+    random_fraction,
+    stratified_fraction,
+    stratified_subsample,
+)
 
 __all__ = [
     "BadRowError",
@@ -43,14 +52,17 @@ __all__ = [
     "files",
     "get_reader",
     "id_at_least",
+    "is_multi_label",
     "load_task",
     "load_test_sets",
     "read_unlabelled_tsv",
     "reader_names",
     "register_reader",
     "resolve_data_root",
+    "random_fraction",
     "stratified_fraction",
     "stratified_subsample",
+    "task_type",
     "tianchi_normalize",
     "tokenize_examples",
     "write_fixture_data",

@@ -4,6 +4,10 @@ Each label has its own Chinese keywords mixed into random filler, so a tiny mode
 few dozen steps. Ids straddle the dev thresholds (OCNLI 50437, TNEWS 53360) with every label on both
 sides, so the ``id_at_least`` split yields a dev set. Some rows contain ``"`` (the no-quoting trap) and the
 test files contain full-width punctuation (the normalisation shift of the real test sets).
+
+Beside the three Tianchi tasks, :func:`write_multilabel_fixture` writes a small multi-label task (news
+topics, zero to three per row) read by the example task config ``mtl/conf/tasks/fixture_topics.yaml``
+(``docs/multilabel.md``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ __all__ = [
     "OCNLI_LABELS",
     "TNEWS_DEV_THRESHOLD",
     "TNEWS_LABELS",
+    "TOPIC_LABELS",
     "write_fixture_data",
+    "write_multilabel_fixture",
 ]
 
 OCNLI_DEV_THRESHOLD = 50437
@@ -56,6 +62,12 @@ _TNEWS_MARK = [
     "故事传说", "文化艺术", "明星电影", "足球比赛", "银行理财", "楼盘房价", "汽车驾驶", "高考学校",
     "手机芯片", "军舰导弹", "旅游景点", "国际外交", "股票涨停", "农业种植", "游戏玩家",
 ]  # fmt: skip
+#: the multi-label fixture's labels and their keywords (TNEWS keywords: their characters never occur in the filler)
+TOPIC_LABELS = ["sports", "finance", "tech", "travel", "military"]
+_TOPIC_MARK = ["足球比赛", "银行理财", "手机芯片", "旅游景点", "军舰导弹"]
+#: the multi-label fixture's files, relative to the data root
+TOPICS_TRAIN = "fixture/topics_train.tsv"
+TOPICS_LABELLED = "fixture/topics_labelled.tsv"
 _FULL_WIDTH = "，？！"
 _MARK_CHARS = set("".join(_OCNLI_MARK + _OCEMOTION_MARK + _TNEWS_MARK))
 _FILLER = "".join(dict.fromkeys(ch for ch in _FILLER if ch not in _MARK_CHARS))  # keywords only carry signal
@@ -106,7 +118,8 @@ def write_fixture_data(root: Path, rows_per_task: int = 60, seed: int = 0) -> Pa
 
     Written: ``tianchi/{OCNLI,OCEMOTION,TNEWS}_train1128.csv`` (CRLF, tab-separated, no quoting),
     ``tianchi/test_unlabelled/{OCNLI_a,ocnli_test_B,OCEMOTION_a,ocemotion_test_B,TNEWS_a,tnews_test_B}.csv``,
-    ``clue_ocnli/{train.50k,dev,test}.json`` (with a few ``-`` labels) and ``clue_tnews/{train,dev,labels}.json``.
+    ``clue_ocnli/{train.50k,dev,test}.json`` (with a few ``-`` labels), ``clue_tnews/{train,dev,labels}.json``
+    and the multi-label task's files (:func:`write_multilabel_fixture`, ``rows_per_task`` rows).
     Use ``rows_per_task >= 2 * 15`` so every TNEWS label lands on both sides of the dev threshold.
     """
     if rows_per_task < 2:
@@ -214,4 +227,40 @@ def write_fixture_data(root: Path, rows_per_task: int = 60, seed: int = 0) -> Pa
             for code, desc in zip(TNEWS_LABELS, TNEWS_NAMES, strict=True)
         ],
     )
+    write_multilabel_fixture(root, rows=n, seed=seed)
+    return root
+
+
+def _topic_rows(rng: random.Random, count: int, start: int) -> list[list[str]]:
+    """``count`` rows ``[id, sentence, labels]``: 0-3 topics per row (cycling 0, 1, 1, 2, 2, 3, shuffled in
+    blocks), each topic's keyword in the sentence; the label field joins the topic names with ``,``."""
+    sizes: list[int] = []
+    while len(sizes) < count:
+        block = [0, 1, 1, 2, 2, 3]
+        rng.shuffle(block)
+        sizes.extend(block)
+    rows = []
+    for i, k in enumerate(sizes[:count]):
+        topics = sorted(rng.sample(range(len(TOPIC_LABELS)), k))
+        marks = [_TOPIC_MARK[j] for j in topics]
+        rng.shuffle(marks)
+        text = _filler(rng, 3, 6) + "".join(m + _filler(rng, 1, 3) for m in marks) + rng.choice(",?!.")
+        rows.append([str(start + i), text, ",".join(TOPIC_LABELS[j] for j in topics)])
+    return rows
+
+
+def write_multilabel_fixture(root: Path, rows: int = 120, seed: int = 0) -> Path:
+    """Write the multi-label fixture task under ``root``; returns ``root``.
+
+    ``fixture/topics_train.tsv`` (``rows`` rows) and ``fixture/topics_labelled.tsv`` (a quarter as many, at
+    least 8, for ``mtl-predict --labelled``): tab-separated ``id, sentence, labels`` without header, the
+    labels field holding 0-3 of :data:`TOPIC_LABELS` joined by ``,`` (empty for a row without a topic). Its
+    own random stream: the Tianchi fixture files are the same with or without it.
+    """
+    if rows < 2:
+        raise ValueError("rows must be at least 2")
+    root = Path(root)
+    rng = random.Random(seed + 7919)
+    _write_tsv(root / TOPICS_TRAIN, _topic_rows(rng, rows, 0))
+    _write_tsv(root / TOPICS_LABELLED, _topic_rows(rng, max(8, rows // 4), 100_000))
     return root

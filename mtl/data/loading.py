@@ -23,20 +23,33 @@ from typing import TYPE_CHECKING, Any
 
 from mtl.data.normalize import tianchi_normalize
 from mtl.data.readers import Example, ReadReport, ReadSpec, get_reader, read_unlabelled_tsv
-from mtl.data.splits import check_disjoint, files, id_at_least, stratified_fraction, stratified_subsample
+from mtl.data.splits import (
+    check_disjoint,
+    files,
+    id_at_least,
+    random_fraction,
+    stratified_fraction,
+    stratified_subsample,
+)
 
 if TYPE_CHECKING:
     import datasets
     import torch
 
 __all__ = [
+    "DEFAULT_TASK_TYPE",
+    "TASK_TYPES",
     "TaskData",
     "TaskReport",
     "collate",
     "examples_fingerprint",
+    "is_multi_label",
+    "label_separator",
     "load_task",
     "load_test_sets",
+    "multi_hot",
     "resolve_data_root",
+    "task_type",
     "tokenize_examples",
 ]
 
@@ -44,6 +57,13 @@ log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "MTL_DATA_DIR"
 _CACHE_FORMAT_VERSION = "1"
+
+#: a task config's ``type``: one label per row (the Tianchi tasks), or zero or more labels per row
+TASK_TYPES = ("single_label", "multi_label")
+#: the ``type`` of a task config that does not set one
+DEFAULT_TASK_TYPE = "single_label"
+#: what joins the label values of a multi-label row when ``label_separator`` is not set
+DEFAULT_LABEL_SEPARATOR = ","
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,6 +155,41 @@ def resolve_data_root(data_cfg: Any, root: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# task types
+
+
+def task_type(task_cfg: Any, name: str = "") -> str:
+    """A task config's ``type`` (:data:`TASK_TYPES`; :data:`DEFAULT_TASK_TYPE` when unset); anything else is a
+    ValueError naming the task."""
+    task = task_cfg if isinstance(task_cfg, Mapping) else _plain(task_cfg)
+    value = task.get("type")
+    value = DEFAULT_TASK_TYPE if value is None else str(value)
+    if value not in TASK_TYPES:
+        raise ValueError(f"task {name or '?'!r}: type {value!r} is not one of {', '.join(TASK_TYPES)}")
+    return value
+
+
+def is_multi_label(task_cfg: Any, name: str = "") -> bool:
+    """Whether the task config declares ``type: multi_label``."""
+    return task_type(task_cfg, name) == "multi_label"
+
+
+def label_separator(task_cfg: Any) -> str:
+    """What joins a multi-label row's label values (``label_separator``, default ``,``)."""
+    task = task_cfg if isinstance(task_cfg, Mapping) else _plain(task_cfg)
+    sep = task.get("label_separator")
+    return DEFAULT_LABEL_SEPARATOR if sep is None else str(sep)
+
+
+def multi_hot(label: Sequence[int], num_labels: int) -> list[float]:
+    """A multi-label example's label indices as a ``num_labels`` float 0/1 vector."""
+    row = [0.0] * int(num_labels)
+    for i in label:
+        row[int(i)] = 1.0
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------
 # task loading
 
 
@@ -193,7 +248,8 @@ class TaskReport:
 
 @dataclass
 class TaskData:
-    """A task ready for tokenisation. ``labels`` is the ordered label list (``Example.label`` indexes it)."""
+    """A task ready for tokenisation. ``labels`` is the ordered label list (``Example.label`` indexes it; in a
+    ``multi_label`` task each example's label is a tuple of such indices)."""
 
     name: str
     labels: list[str]
@@ -201,6 +257,7 @@ class TaskData:
     train: list[Example]
     dev: list[Example]
     report: TaskReport
+    multi_label: bool = False
 
     @property
     def num_labels(self) -> int:
@@ -217,6 +274,7 @@ def _spec(
 ) -> ReadSpec:
     labels = [str(x) for x in task["labels"]]
     unlabelled = task.get("unlabelled_values", ["-"])
+    multi = is_multi_label(task, name)
     return ReadSpec(
         source=str(path) if path is not None else f"{name}:{(options or {}).get('split')}",
         path=path,
@@ -230,6 +288,8 @@ def _spec(
         on_bad_row=data["on_bad_row"],
         root_hint=root_hint,
         options=dict(options or {}),
+        multi_label=multi,
+        label_separator=label_separator(task) if multi else DEFAULT_LABEL_SEPARATOR,
     )
 
 
@@ -267,12 +327,23 @@ def _require_examples(task: str, examples: Sequence[Example], report: ReadReport
     raise ValueError(f"{what} {task!r}: no usable examples in {report.source}: {why}")
 
 
+def _label_indices(examples: Sequence[Example]) -> set[int]:
+    """Every label index the examples carry (a multi-label row: each of its labels)."""
+    out: set[int] = set()
+    for e in examples:
+        if isinstance(e.label, tuple):
+            out.update(e.label)
+        elif e.label is not None:
+            out.add(e.label)
+    return out
+
+
 def _warn_dev_only_labels(
     task: str, label_names: Sequence[str], train: Sequence[Example], dev: Sequence[Example]
 ) -> list[str]:
     """Warn about labels that occur in dev but never in train (the model cannot learn them); returns them."""
-    in_train = {e.label for e in train}
-    only_dev = sorted({e.label for e in dev if e.label is not None and e.label not in in_train})
+    in_train = _label_indices(train)
+    only_dev = sorted(_label_indices(dev) - in_train)
     names = [label_names[i] for i in only_dev]
     if names:
         log.warning(
@@ -300,6 +371,7 @@ def load_task(
     """
     task = _plain(task_cfg)
     data = data_settings(data_cfg)
+    multi = is_multi_label(task, name)
     for key in ("labels", "text_columns"):
         if not task.get(key):
             raise ValueError(f"task {name!r}: `{key}` is missing from its config")
@@ -312,8 +384,15 @@ def load_task(
     root_hint = _root_description(data, root)
     root = resolve_data_root(data, root)
 
-    split_cfg = dict(task.get("split") or {"method": "stratified_fraction"})
-    method = split_cfg.get("method", "stratified_fraction")
+    default_method = "random_fraction" if multi else "stratified_fraction"
+    split_cfg = dict(task.get("split") or {"method": default_method})
+    method = split_cfg.get("method", default_method)
+    if multi and method == "stratified_fraction":
+        raise ValueError(
+            f"task {name!r} is multi-label (type: multi_label): split stratified_fraction stratifies by one label "
+            f"per row; use split: {{method: random_fraction}} (a seeded random fraction, data.dev_fraction unless "
+            f"`fraction:` is set), id_at_least or files"
+        )
     examples, report = _read_source(task, name, "train", data, root, root_hint)
     _require_examples(name, examples, report)
     task_report = TaskReport(task=name, split_method=method, reads=[report])
@@ -324,6 +403,9 @@ def load_task(
     elif method == "stratified_fraction":
         fraction = float(split_cfg.get("fraction", data["dev_fraction"]))
         train, dev = stratified_fraction(examples, fraction, seed, source=f"task {name!r} ({report.source})")
+    elif method == "random_fraction":
+        fraction = float(split_cfg.get("fraction", data["dev_fraction"]))
+        train, dev = random_fraction(examples, fraction, seed, source=f"task {name!r} ({report.source})")
     elif method == "files":
         dev_examples, dev_report = _read_source(task, name, "dev", data, root, root_hint)
         _require_examples(name, dev_examples, dev_report)
@@ -331,7 +413,8 @@ def load_task(
         train, dev = files(examples, dev_examples)
     else:
         raise ValueError(
-            f"task {name!r}: unknown split method {method!r}; use id_at_least, stratified_fraction or files"
+            f"task {name!r}: unknown split method {method!r}; use id_at_least, stratified_fraction, random_fraction "
+            "or files"
         )
     if not train or not dev:
         raise ValueError(
@@ -348,7 +431,7 @@ def load_task(
     task_report.train, task_report.dev = len(train), len(dev)
     log.info("%s", task_report.summary())
     return TaskData(
-        name=name, labels=labels, label_names=label_names, train=train, dev=dev, report=task_report
+        name=name, labels=labels, label_names=label_names, train=train, dev=dev, report=task_report, multi_label=multi
     )
 
 
@@ -439,17 +522,32 @@ def _pipeline_hash(serialised: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _multi_label_width(examples: Sequence[Example], num_labels: int | None) -> int | None:
+    """The multi-hot width when ``examples`` are multi-label (tuple labels), ``None`` when single-label."""
+    kinds = {type(e.label) for e in examples if e.label is not None}
+    if tuple not in kinds:
+        return None
+    if len(kinds) > 1:
+        raise ValueError("examples mix multi-label (tuple) and single-label (index) labels")
+    if num_labels is None or int(num_labels) < 1:
+        raise ValueError("multi-label examples need num_labels (the width of their multi-hot labels)")
+    return int(num_labels)
+
+
 def tokenize_examples(
     examples: Sequence[Example],
     tokenizer: Any,
     max_length: int,
     cache_dir: str | os.PathLike[str] | None = None,
     fingerprint_parts: Sequence[Any] = (),
+    num_labels: int | None = None,
 ) -> datasets.Dataset:
     """Tokenise (pairs as pairs, truncated to ``max_length``, unpadded) into an arrow-backed Dataset.
 
     Columns: ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the tokenizer returns them),
-    ``labels`` (-1 for unlabelled) and ``length``; row ``i`` is ``examples[i]``. With ``cache_dir`` the
+    ``labels`` (-1 for unlabelled) and ``length``; row ``i`` is ``examples[i]``. Multi-label examples (tuple
+    labels) get float multi-hot ``labels`` of width ``num_labels`` (required for them; ignored otherwise;
+    an unlabelled row among them: all -1). With ``cache_dir`` the
     result is written to ``<cache_dir>/tok-<hash>.arrow``, the hash covering the tokenizer (name, vocab size,
     pipeline), ``max_length``, ``fingerprint_parts`` (pass e.g. the normalisation flag) and the examples'
     content, and a later call with the same inputs loads that file instead of tokenising again.
@@ -465,18 +563,19 @@ def tokenize_examples(
             f"examples have {n_texts.pop()} texts per row; only 1 (single) or 2 (pair) are supported"
         )
 
+    width = _multi_label_width(examples, num_labels)
     cache_file: Path | None = None
     if cache_dir is not None:
-        key = json.dumps(
-            [
-                _CACHE_FORMAT_VERSION,
-                _tokenizer_fingerprint(tokenizer),
-                int(max_length),
-                [str(p) for p in fingerprint_parts],
-                examples_fingerprint(examples),
-            ],
-            ensure_ascii=False,
-        )
+        parts: list[Any] = [
+            _CACHE_FORMAT_VERSION,
+            _tokenizer_fingerprint(tokenizer),
+            int(max_length),
+            [str(p) for p in fingerprint_parts],
+            examples_fingerprint(examples),
+        ]
+        if width is not None:  # single-label keys stay as they were (their cached files stay valid)
+            parts.append(f"multi_hot={width}")
+        key = json.dumps(parts, ensure_ascii=False)
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
         cache_file = Path(cache_dir).expanduser() / f"tok-{digest}.arrow"
         if cache_file.is_file():
@@ -497,9 +596,15 @@ def tokenize_examples(
         cache_file.parent.mkdir(parents=True, exist_ok=True)
 
     log.info("tokenising %d examples%s", len(examples), f" -> {cache_file}" if cache_file else "")
+    if width is None:
+        label_column: list[Any] = [-1 if e.label is None else int(e.label) for e in examples]  # type: ignore[arg-type]
+        label_feature: Any = datasets.Value("int64")
+    else:
+        label_column = [[-1.0] * width if e.label is None else multi_hot(e.label, width) for e in examples]  # type: ignore[arg-type]
+        label_feature = datasets.Sequence(datasets.Value("float32"), length=width)
     columns: dict[str, list[Any]] = {
         "text_a": [e.texts[0] for e in examples],
-        "labels": [-1 if e.label is None else int(e.label) for e in examples],
+        "labels": label_column,
     }
     if pair:
         columns["text_b"] = [e.texts[1] for e in examples]
@@ -508,7 +613,7 @@ def tokenize_examples(
         features=datasets.Features(
             {
                 "text_a": datasets.Value("string"),
-                "labels": datasets.Value("int64"),
+                "labels": label_feature,
                 **({"text_b": datasets.Value("string")} if pair else {}),
             }
         ),
@@ -543,11 +648,15 @@ def collate_for(data_cfg: Any, tokenizer: Any) -> Callable[[list[Mapping[str, An
     return collate(tokenizer, buckets=data["length_buckets"], pad_to_multiple_of=data["pad_to_multiple_of"])
 
 
-def tokenize_split(examples: Sequence[Example], tokenizer: Any, max_length: int, data_cfg: Any) -> datasets.Dataset:
+def tokenize_split(
+    examples: Sequence[Example], tokenizer: Any, max_length: int, data_cfg: Any, num_labels: int | None = None
+) -> datasets.Dataset:
     """How a run tokenises a split: cached under ``data.cache_dir``, keyed also by the data settings that
-    change the texts (``data.normalize``). Training, vocabulary trimming and the benchmarks all call this."""
+    change the texts (``data.normalize``). Training, vocabulary trimming and the benchmarks all call this.
+    ``num_labels``: the multi-hot width of a multi-label task's labels (ignored for single-label ones)."""
     return tokenize_examples(
-        examples, tokenizer, int(max_length), data_cfg.cache_dir, [f"normalize={data_cfg.normalize}"]
+        examples, tokenizer, int(max_length), data_cfg.cache_dir, [f"normalize={data_cfg.normalize}"],
+        num_labels=num_labels,
     )
 
 
@@ -577,7 +686,8 @@ def collate(
     The length is the longest row's, raised by :func:`padded_length` to a bucket or a multiple when given
     (shape bucketing). Only ``keys`` present in the rows are returned (``length`` is left out: it is for
     batching, not for the model). Pads with the tokenizer's pad id on its ``padding_side``; masks and token
-    types pad with 0.
+    types pad with 0. Multi-hot ``labels`` (a multi-label task: a list per row) are stacked as a float32
+    ``[B, C]`` tensor; class indices as ``torch.long`` ``[B]``.
     """
     for value in [*(buckets or ()), *([pad_to_multiple_of] if pad_to_multiple_of is not None else [])]:
         if int(value) < 1:
@@ -608,6 +718,8 @@ def collate(
                     pad = [pad_values[key]] * (longest - len(seq))
                     padded.append(pad + seq if left else seq + pad)
                 batch[key] = torch.tensor(padded, dtype=torch.long)
+            elif isinstance(rows[0][key], list | tuple) or getattr(rows[0][key], "ndim", 0) == 1:
+                batch[key] = torch.tensor([_list(r[key]) for r in rows], dtype=torch.float32)  # multi-hot [B, C]
             else:
                 batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)
         return batch

@@ -60,13 +60,14 @@ _MAX_SKIPPED_EXCERPTS = 5
 class Example:
     """One row: ``label`` is the index into the task's ordered label list, ``None`` when unlabelled.
 
-    ``line`` is the 1-based line (or row) number in the source, kept so that any later complaint about an
-    example can point back to the file.
+    In a multi-label task (``type: multi_label``) ``label`` is instead the sorted tuple of the row's label
+    indices (``()`` for a row that carries none of the labels). ``line`` is the 1-based line (or row) number
+    in the source, kept so that any later complaint about an example can point back to the file.
     """
 
     id: str
     texts: tuple[str, ...]
-    label: int | None
+    label: int | tuple[int, ...] | None
     line: int
 
 
@@ -156,6 +157,11 @@ class ReadSpec:
     ``entailment -> "0"``); raw values in ``unlabelled_values`` mark rows without a gold label, which are
     skipped and counted, not treated as errors. ``root_hint`` says where ``path`` was resolved from, for the
     missing-file message. ``options`` carries reader-specific settings (``hf_dataset``: path, name, split).
+
+    ``multi_label``: the label field holds zero or more label values joined by ``label_separator`` (or, in
+    JSON and hub rows, a list of them); each is mapped through ``label_map`` and must be in ``labels``, and
+    the example's label is the sorted tuple of their indices. An empty field is a row with no label (not
+    an unlabelled row); only a field equal to one of ``unlabelled_values`` is unlabelled.
     """
 
     source: str
@@ -170,10 +176,14 @@ class ReadSpec:
     on_bad_row: OnBadRow = "error"
     root_hint: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    multi_label: bool = False
+    label_separator: str = ","
 
     def __post_init__(self) -> None:
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
+        if self.multi_label and not (isinstance(self.label_separator, str) and self.label_separator):
+            raise ValueError(f"{self.source}: label_separator must be a non-empty string, got {self.label_separator!r}")
         if not self.text_columns:
             raise ValueError(f"{self.source}: text_columns is empty")
         if self.labels is not None:
@@ -261,8 +271,13 @@ class _RowSink:
         if row_id in self._seen_ids:
             self.bad(line, f"duplicate id {row_id!r}", raw)
             return
-        label: int | None = None
-        if spec.labels is not None:
+        label: int | tuple[int, ...] | None = None
+        if spec.labels is not None and spec.multi_label:
+            parsed = self._multi_label(line, raw, raw_label)
+            if parsed is None:
+                return
+            label = parsed
+        elif spec.labels is not None:
             value = "" if raw_label is None or raw_label is UNLABELLED else str(raw_label).strip()
             if raw_label is UNLABELLED or value in spec.unlabelled_values:
                 self.report.unlabelled += 1
@@ -277,6 +292,36 @@ class _RowSink:
             self.report.nul_rows += 1
         self.examples.append(Example(id=row_id, texts=tuple(texts), label=label, line=line))
         self.report.kept += 1
+
+    def _multi_label(self, line: int, raw: str, raw_label: Any) -> tuple[int, ...] | None:
+        """The sorted label indices of a multi-label field (``None``: the row was counted as unlabelled or bad).
+
+        A string is split on ``label_separator`` (parts stripped, empty parts ignored, so an empty field is a
+        row with no label); a list (JSON, hub rows) gives its elements. Duplicates count once.
+        """
+        spec = self.spec
+        assert spec.labels is not None
+        if raw_label is UNLABELLED:
+            self.report.unlabelled += 1
+            return None
+        if isinstance(raw_label, list | tuple):
+            parts = [str(v).strip() for v in raw_label]
+        else:
+            text = "" if raw_label is None else str(raw_label).strip()
+            if text in spec.unlabelled_values and text:
+                self.report.unlabelled += 1
+                return None
+            parts = [p.strip() for p in text.split(spec.label_separator)]
+        indices: set[int] = set()
+        for part in parts:
+            if not part:
+                continue
+            value = spec.label_map.get(part, part)
+            if value not in spec.labels:
+                self.bad(line, f"label {value!r} not in the task's labels {list(spec.labels)}", raw)
+                return None
+            indices.add(spec.labels.index(value))
+        return tuple(sorted(indices))
 
     def finish(self) -> tuple[list[Example], ReadReport]:
         report = self.report
@@ -487,7 +532,8 @@ def read_hf_dataset(spec: ReadSpec) -> tuple[list[Example], ReadReport]:
     """Any Hugging Face ``datasets`` dataset: ``options`` holds ``path``, ``name``, ``split`` (and ``revision``).
 
     Integer labels of a ``ClassLabel`` feature are turned into their names before ``label_map`` and the label
-    list apply; ``-1`` (the hub convention for unlabelled test rows) counts as unlabelled.
+    list apply; ``-1`` (the hub convention for unlabelled test rows) counts as unlabelled. A multi-label task
+    reads a list per row (a ``Sequence`` of ``ClassLabel`` names or indices) or a separator-joined string.
     """
     import datasets
 
@@ -510,6 +556,8 @@ def read_hf_dataset(spec: ReadSpec) -> tuple[list[Example], ReadReport]:
     label_names: list[str] | None = None
     if spec.labels is not None and spec.label_column and spec.label_column in ds.features:
         feature = ds.features[spec.label_column]
+        if spec.multi_label and hasattr(feature, "feature"):  # Sequence/List of class labels: a list per row
+            feature = feature.feature
         if isinstance(feature, datasets.ClassLabel):
             label_names = list(feature.names)
     sink = _RowSink(spec)
@@ -529,5 +577,8 @@ def read_hf_dataset(spec: ReadSpec) -> tuple[list[Example], ReadReport]:
                 raw_label = UNLABELLED
             elif label_names is not None and isinstance(raw_label, int):
                 raw_label = label_names[raw_label]
+            elif label_names is not None and isinstance(raw_label, list):
+                raw_label = [label_names[v] if isinstance(v, int) and 0 <= v < len(label_names) else v
+                             for v in raw_label]
         sink.add(number, raw, row_id, [row[c] for c in spec.text_columns], raw_label)
     return sink.finish()

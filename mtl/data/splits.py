@@ -2,7 +2,9 @@
 
 The Tianchi train files contain the CLUE dev sets (OCNLI ids >= 50437, TNEWS ids >= 53360), so those ids
 are held out as dev (``id_at_least``); OCEMOTION has no official dev set and gets a seeded stratified
-fraction; the CLUE releases ship separate files (``files``). Every method checks that no id is on both sides.
+fraction; the CLUE releases ship separate files (``files``). Multi-label tasks, whose rows carry sets of
+labels, use ``random_fraction`` (a seeded, unstratified fraction). Every method checks that no id is on
+both sides.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ __all__ = [
     "check_disjoint",
     "files",
     "id_at_least",
+    "random_fraction",
     "stratified_fraction",
     "stratified_subsample",
 ]
 
 log = logging.getLogger(__name__)
 
-SPLIT_METHODS = ("id_at_least", "stratified_fraction", "files")
+SPLIT_METHODS = ("id_at_least", "stratified_fraction", "random_fraction", "files")
 
 
 def check_disjoint(train: Sequence[Example], dev: Sequence[Example], source: str = "") -> None:
@@ -55,8 +58,31 @@ def id_at_least(examples: Sequence[Example], threshold: int) -> tuple[list[Examp
     return train, dev
 
 
-def _label_key(ex: Example) -> int:
+def _label_key(ex: Example) -> int | tuple[int, ...]:
+    """What stratification groups by: the label (a multi-label row: its label set), -1 when unlabelled."""
     return -1 if ex.label is None else ex.label
+
+
+def random_fraction(
+    examples: Sequence[Example], fraction: float = 0.1, seed: int = 0, source: str = ""
+) -> tuple[list[Example], list[Example]]:
+    """A seeded dev split of ``fraction`` of the rows (at least one row on each side), not stratified.
+
+    For multi-label tasks, where a row carries a set of labels and stratifying by one label is undefined.
+    Both sides keep file order. ``source`` starts every error message.
+    """
+    where = f"{source}: " if source else ""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"{where}dev fraction must be in (0, 1), got {fraction}")
+    n = len(examples)
+    if n < 2:
+        raise ValueError(f"{where}cannot split {n} example(s) into train and dev")
+    n_dev = min(max(1, math.ceil(fraction * n - 1e-9)), n - 1)
+    dev_set = set(np.random.default_rng(seed).permutation(n)[:n_dev].tolist())
+    train = [examples[i] for i in range(n) if i not in dev_set]
+    dev = [examples[i] for i in range(n) if i in dev_set]
+    check_disjoint(train, dev, "random_fraction")
+    return train, dev
 
 
 def stratified_fraction(
@@ -128,7 +154,8 @@ def files(train: Sequence[Example], dev: Sequence[Example]) -> tuple[list[Exampl
 
 
 def stratified_subsample(examples: Sequence[Example], n: int | None, seed: int = 0) -> list[Example]:
-    """A seeded subset of ``n`` rows (all when ``n`` is None or not smaller), stratified by label.
+    """A seeded subset of ``n`` rows (all when ``n`` is None or not smaller), stratified by label (a
+    multi-label row: by its label set).
 
     Each label gets at least one row when ``n`` is at least the number of labels; the rest is shared in
     proportion to label frequency (largest remainders). File order is kept, so results are reproducible.

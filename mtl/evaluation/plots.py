@@ -197,10 +197,12 @@ def plot_confusion_matrices(
     label_names: Mapping[str, Sequence[str]],
     title: str = "",
 ) -> Path | None:
-    """One panel per task: rows = true label, columns = predicted; cells show counts, colour = row share."""
+    """One panel per task: rows = true label, columns = predicted; cells show counts, colour = row share.
+    Multi-label tasks (a list of label indices per row) have no confusion matrix and are left out."""
     from mtl.evaluation.metrics import confusion, task_scores
 
-    tasks = [t for t in predictions if len(predictions[t][0])]
+    tasks = [t for t in predictions
+             if len(predictions[t][0]) and not isinstance(predictions[t][0][0], list | tuple)]
     if not tasks:
         return None
     sizes = [max(len(label_names.get(t) or []), 3) for t in tasks]

@@ -1,4 +1,8 @@
-"""Predictions of a loaded checkpoint on examples: logits, or label indices, in the examples' order."""
+"""Predictions of a loaded checkpoint on examples: logits, or label indices, in the examples' order.
+
+Multi-label tasks (``type: multi_label``): :func:`multi_label_predictions` (each row's labels with a logit
+above 0); the single-label decision rules and the submission (:func:`predict`) do not apply to them.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mtl.data.loading import collate, tokenize_examples
+from mtl.data.loading import collate, is_multi_label, tokenize_examples
 from mtl.data.readers import Example
 from mtl.evaluation.decision import RULES, decide
 from mtl.inference.checkpoint import LoadedCheckpoint
 from mtl.models.multitask import ENCODER_INPUTS
 
-__all__ = ["apply_rule", "predict", "predict_logits"]
+__all__ = ["apply_rule", "multi_label_loss", "multi_label_predictions", "predict", "predict_logits"]
 
 
 @torch.no_grad()
@@ -26,7 +30,7 @@ def predict_logits(
     out = torch.zeros(len(examples), len(ckpt.labels[task]))
     if not examples:
         return out
-    ds = tokenize_examples(examples, ckpt.tokenizer, ckpt.max_length)
+    ds = tokenize_examples(examples, ckpt.tokenizer, ckpt.max_length, num_labels=len(ckpt.labels[task]))
     lengths = ds["length"]
     order = sorted(range(len(ds)), key=lambda i: lengths[i])
     coll = collate(ckpt.tokenizer)
@@ -58,8 +62,36 @@ def apply_rule(ckpt: LoadedCheckpoint, task: str, logits: torch.Tensor, rule: st
     return decide(logits, rule, class_counts=counts, tau=float(d.get("tau", 1.0)), biases=biases)
 
 
+def multi_label_predictions(logits: torch.Tensor) -> list[list[int]]:
+    """A multi-label task's predictions: per row, the (ascending) indices of the labels whose logit is above 0
+    (the decision rule of the ``zlpr`` loss)."""
+    return [row.nonzero().flatten().tolist() for row in (logits > 0)]
+
+
+def multi_label_loss(ckpt: LoadedCheckpoint, task: str, logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean of a multi-label task's own training loss (``tasks.<t>.loss``, else the run's ``loss``; unflooded,
+    as the dev loss in training) on multi-hot ``targets`` ``[N, C]``."""
+    from mtl.losses import LOSSES, build_loss, loss_options
+
+    own = dict(ckpt.task_config(task).get("loss") or {})
+    run_loss = dict(ckpt.config.get("loss") or {})
+    name = str(own.get("name") or run_loss.get("name") or "zlpr")
+    node = {**(run_loss if run_loss.get("name", name) == name else {}), **own}
+    if name not in LOSSES.names() or not getattr(LOSSES.get(name), "multi_label", False):
+        name, node = "zlpr", {}
+    options = {k: v for k, v in node.items() if k in loss_options(name)}
+    loss = build_loss(name, num_labels=int(logits.shape[1]), **options)
+    return float(loss(logits.float(), targets, reduction="sum")) / max(int(logits.shape[0]), 1)
+
+
 def predict(ckpt: LoadedCheckpoint, task: str, examples: Sequence[Example], batch_size: int = 128,
             rule: str | None = None) -> list[int]:
     """Predicted label indices (into ``ckpt.labels[task]``) for ``examples``, in their order, under ``rule``
-    (default: the checkpoint's decision rule, :func:`apply_rule`)."""
+    (default: the checkpoint's decision rule, :func:`apply_rule`). Single-label tasks only: a multi-label
+    task's predictions are :func:`multi_label_predictions` of :func:`predict_logits`."""
+    if is_multi_label(ckpt.task_config(task), task):
+        raise ValueError(
+            f"task {task!r} is multi-label: test-set submissions are for the single-label Tianchi tasks only; "
+            f"score it on labelled data instead (mtl-predict <run> --labelled {task}=FILE, or --split dev)"
+        )
     return [int(i) for i in apply_rule(ckpt, task, predict_logits(ckpt, task, examples, batch_size), rule).tolist()]

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from mtl.data.loading import load_task, resolve_data_root
+from mtl.data.loading import is_multi_label, label_separator, load_task, multi_hot, resolve_data_root
 from mtl.data.normalize import tianchi_normalize
 from mtl.data.readers import Example, ReadSpec, get_reader
-from mtl.evaluation.metrics import TaskScores, average_macro_f1, task_scores
+from mtl.evaluation.metrics import TaskScores, average_macro_f1, multilabel_task_scores, task_scores
 from mtl.inference.checkpoint import LoadedCheckpoint
-from mtl.inference.predict import apply_rule, predict_logits
+from mtl.inference.predict import apply_rule, multi_label_loss, multi_label_predictions, predict_logits
 from mtl.utils.files import write_json
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def _read_labelled(task: str, task_cfg: Mapping[str, Any], data_cfg: Mapping[str
         unlabelled_values=tuple(str(v) for v in (task_cfg.get("unlabelled_values", ["-"]) or ())),
         on_bad_row=data_cfg.get("on_bad_row", "error"),
         root_hint=f"--labelled {task}={path}",
+        multi_label=is_multi_label(task_cfg, task),
+        label_separator=label_separator(task_cfg),
     )
     examples, report = get_reader(reader_name)(spec)
     if report.unlabelled:
@@ -57,6 +59,9 @@ def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size
     for task, examples in sets.items():
         if not examples:
             raise ValueError(f"task {task!r}: no labelled examples to score")
+        if is_multi_label(ckpt.task_config(task), task):
+            scores[task], preds[task] = _score_multi_label(ckpt, task, examples, batch_size)
+            continue
         logits = predict_logits(ckpt, task, examples, batch_size)
         pred = [int(i) for i in apply_rule(ckpt, task, logits, rule).tolist()]
         gold = [int(e.label) for e in examples if e.label is not None]
@@ -73,11 +78,32 @@ def _score(ckpt: LoadedCheckpoint, sets: Mapping[str, list[Example]], batch_size
     }
 
 
+def _score_multi_label(ckpt: LoadedCheckpoint, task: str, examples: list[Example],
+                       batch_size: int) -> tuple[TaskScores, list[dict[str, Any]]]:
+    """A multi-label task's scores (macro/micro-F1 over labels, exact-match accuracy, its own loss) and rows
+    ``{"id", "label": [names], "gold": [names]}``: predictions are the logits above 0, whatever the rule."""
+    num_labels = len(ckpt.labels[task])
+    logits = predict_logits(ckpt, task, examples, batch_size)
+    pred = multi_label_predictions(logits)
+    gold = [list(e.label) for e in examples if isinstance(e.label, tuple)]
+    if len(gold) != len(examples):
+        raise ValueError(f"task {task!r} is multi-label, but its examples do not carry label sets")
+    targets = torch.tensor([multi_hot(g, num_labels) for g in gold])
+    loss = multi_label_loss(ckpt, task, logits, targets)
+    names = ckpt.labels[task]
+    rows = [{"id": e.id, "label": [names[i] for i in p], "gold": [names[i] for i in g]}
+            for e, p, g in zip(examples, pred, gold, strict=True)]
+    return multilabel_task_scores(gold, pred, num_labels, loss), rows
+
+
 def score_labelled(
     ckpt: LoadedCheckpoint, files: Mapping[str, str | Path], batch_size: int = 128, on_bad_row: str | None = None,
     rule: str | None = None,
 ) -> dict[str, Any]:
     """Macro-F1 of the checkpoint on labelled files ``{task: path}`` (each in its task's training format).
+
+    A multi-label task (``type: multi_label``) is scored with its threshold-0 predictions whatever ``rule``
+    says: macro- and micro-F1 over its labels and exact-match accuracy (``docs/multilabel.md``).
 
     ``on_bad_row``: ``error`` / ``skip`` for rows that cannot be used (default: the run's ``data.on_bad_row``).
     ``rule``: the decision rule (default: the checkpoint's; ``mtl.inference.predict.apply_rule``).

@@ -19,6 +19,8 @@ class ModelSettings:
 
     head: str = "linear"  # linear | mlp
     dropout: float = 0.1
+    # multi-sample dropout (Inoue 2019): the training loss averaged over K dropout masks of each head's input
+    dropout_samples: int = 1
 
 
 class MultiTaskModel(nn.Module):
@@ -36,8 +38,12 @@ class MultiTaskModel(nn.Module):
         pooling: Pooling = "cls",
         head: str = ModelSettings.head,
         dropout: float = ModelSettings.dropout,
+        dropout_samples: int = ModelSettings.dropout_samples,
     ) -> None:
         super().__init__()
+        if int(dropout_samples) < 1:
+            raise ValueError(f"model.dropout_samples={dropout_samples}: must be a positive integer")
+        self.dropout_samples = int(dropout_samples)  # read by mtl.training.tricks.task_loss_from
         self.encoder = encoder
         self.pooling = pooling
         self.num_labels = dict(num_labels)
@@ -72,12 +78,23 @@ class MultiTaskModel(nn.Module):
             raise KeyError(f"losses for unknown tasks {sorted(unknown)}; the model has {self.task_names}")
         self.losses = nn.ModuleDict(dict(losses))
 
-    def task_loss(self, task: str, logits: Tensor, labels: Tensor) -> Tensor:
-        """The mean training loss of ``task`` on a batch (float32 logits)."""
+    def task_loss(self, task: str, logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+        """The training loss of ``task`` on a batch (float32 logits): the batch mean, or ``reduction``
+        (``sum``/``none``, unflooded). Labels are class indices ``[N]``, or multi-hot ``[N, C]`` for a
+        multi-label task (:meth:`is_multi_label`)."""
         losses = getattr(self, "losses", None)
         if losses is not None and task in losses:
-            return losses[task](logits, labels)
-        return nn.functional.cross_entropy(logits, labels)
+            if reduction == "mean":
+                return losses[task](logits, labels)
+            return losses[task](logits, labels, reduction=reduction)
+        return nn.functional.cross_entropy(logits, labels, reduction=reduction)
+
+    def is_multi_label(self, task: str) -> bool:
+        """Whether ``task`` trains with a multi-label loss (``multi_label = True``, e.g. ``zlpr``): its labels are
+        multi-hot and its predictions are the logits above 0 (the build checks that the task is declared
+        ``type: multi_label`` exactly when its loss is multi-label)."""
+        losses = getattr(self, "losses", None)
+        return bool(losses is not None and task in losses and getattr(losses[task], "multi_label", False))
 
     def forward(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
         return self.head(task, self.encode(batch))

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from mtl import balancers, samplers
 from mtl.balancers import Balancer
 from mtl.data.batching import LengthSortedSampler, TaskBatchSampler, TaskStream
-from mtl.data.loading import collate_for, load_task, tokenize_split
+from mtl.data.loading import collate_for, is_multi_label, load_task, tokenize_split
 from mtl.evaluation.decision import DecisionSettings
 from mtl.models.encoder import load_encoder
 from mtl.models.multitask import MultiTaskModel
@@ -51,6 +51,7 @@ __all__ = [
     "build_settings",
     "build_streams",
     "check_compatible",
+    "check_loss_types",
     "max_steps_for",
     "pin_memory_for",
     "seed_everything",
@@ -93,12 +94,14 @@ def build_encoder(enc_cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
 
 @dataclass
 class RunData:
-    """Every task's tokenised train and dev sets, its label list and its read report."""
+    """Every task's tokenised train and dev sets, its label list and its read report (``multi_label``: the
+    tasks declared ``type: multi_label``, whose ``labels`` columns are multi-hot)."""
 
     labels: dict[str, list[str]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # task -> datasets.Dataset
     dev: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    multi_label: set[str] = field(default_factory=set)
 
     @property
     def tasks(self) -> list[str]:
@@ -114,10 +117,18 @@ class RunData:
 
     @property
     def class_counts(self) -> dict[str, list[int]]:
-        """Each task's training label counts (after capping and skipping): the class priors of its loss."""
+        """Each task's training label counts (after capping and skipping): the class priors of its loss. A
+        multi-label task: per label, the number of training rows that carry it."""
         from mtl.losses import class_counts_from_labels
 
-        return {t: class_counts_from_labels(list(ds["labels"]), len(self.labels[t])) for t, ds in self.train.items()}
+        out = {}
+        for t, ds in self.train.items():
+            if t in self.multi_label:
+                hot = np.asarray(ds["labels"], dtype=np.float64).reshape(len(ds), len(self.labels[t]))
+                out[t] = [int(c) for c in (hot > 0.5).sum(axis=0).tolist()]
+            else:
+                out[t] = class_counts_from_labels(list(ds["labels"]), len(self.labels[t]))
+        return out
 
 
 def build_data(cfg: DictConfig, tokenizer: Any, tasks: Sequence[str] | None = None, with_dev: bool = True) -> RunData:
@@ -131,9 +142,11 @@ def build_data(cfg: DictConfig, tokenizer: Any, tasks: Sequence[str] | None = No
         td = load_task(task, cfg.tasks[task], cfg.data, seed=int(cfg.seed))
         out.labels[task] = list(td.labels)
         out.reports[task] = td.report.to_dict()
-        out.train[task] = tokenize_split(td.train, tokenizer, max_length, cfg.data)
+        if td.multi_label:
+            out.multi_label.add(task)
+        out.train[task] = tokenize_split(td.train, tokenizer, max_length, cfg.data, num_labels=td.num_labels)
         if with_dev:
-            out.dev[task] = tokenize_split(td.dev, tokenizer, max_length, cfg.data)
+            out.dev[task] = tokenize_split(td.dev, tokenizer, max_length, cfg.data, num_labels=td.num_labels)
         log.info("%s: %d train / %d dev examples, %d labels", task, len(td.train), len(td.dev), len(td.labels))
     return out
 
@@ -148,7 +161,8 @@ def build_model(
     """The shared encoder with one head per task (``cfg.model``; pooling from ``cfg.encoder``) and each task's
     training loss (``cfg.loss``, a task's ``tasks.<t>.loss`` over it; class-aware losses need ``class_counts``)."""
     model = MultiTaskModel(
-        encoder, dict(num_labels), pooling=cfg.encoder.pooling, head=cfg.model.head, dropout=float(cfg.model.dropout)
+        encoder, dict(num_labels), pooling=cfg.encoder.pooling, head=cfg.model.head, dropout=float(cfg.model.dropout),
+        dropout_samples=int(cfg.model.get("dropout_samples", 1)),
     )
     model.set_losses(build_losses(cfg, num_labels, class_counts))
     return model
@@ -166,12 +180,40 @@ def loss_config(cfg: DictConfig, task: str) -> dict[str, Any]:
     return {**base, **own}
 
 
+def check_loss_types(cfg: DictConfig, tasks: Sequence[str] | None = None) -> None:
+    """A multi-label task (``type: multi_label``) needs a multi-label loss (``multi_label = True``: ``zlpr``), a
+    single-label task a single-label one: a ValueError naming the task, its loss and the setting to change."""
+    from mtl.losses import LOSSES
+
+    for task in list(tasks) if tasks is not None else list(cfg.tasks.keys()):
+        name = str(loss_config(cfg, task)["name"])
+        takes_multi_hot = bool(getattr(LOSSES.get(name), "multi_label", False))
+        multi = is_multi_label(cfg.tasks[task], task)
+        if multi and not takes_multi_hot:
+            multi_losses = [n for n in LOSSES.names() if getattr(LOSSES.get(n), "multi_label", False)]
+            raise ValueError(
+                f"task {task!r} is multi-label (type: multi_label) but its loss {name!r} takes one class index per "
+                f"row; give it a multi-label loss ({', '.join(multi_losses)}): tasks.{task}.loss={{name: zlpr}} on the "
+                f"command line (+tasks.{task}.loss=... if its config has no loss), or `loss: {{name: zlpr}}` in its "
+                "task config"
+            )
+        if not multi and takes_multi_hot:
+            raise ValueError(
+                f"task {task!r} is single-label but its loss {name!r} is a multi-label loss (multi-hot targets); give "
+                f"it a single-label loss, e.g. +tasks.{task}.loss={{name: ce}}, or set {name!r} only on the multi-label "
+                f"tasks (tasks.<t>.loss={{name: {name}}}) instead of loss={name}; a task with several labels per row "
+                "is declared `type: multi_label` (docs/multilabel.md)"
+            )
+
+
 def build_losses(
     cfg: DictConfig, num_labels: Mapping[str, int], class_counts: Mapping[str, list[int]] | None = None
 ) -> dict[str, torch.nn.Module]:
-    """One ``mtl.losses`` module per task (see :func:`loss_config`)."""
+    """One ``mtl.losses`` module per task (see :func:`loss_config`); a loss that does not fit its task's type
+    (:func:`check_loss_types`) is a ValueError."""
     from mtl.losses import build_loss
 
+    check_loss_types(cfg, list(num_labels))
     out = {}
     for task, n in num_labels.items():
         node = loss_config(cfg, task)

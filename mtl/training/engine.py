@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from mtl.balancers.base import BalanceInput, Balancer
 from mtl.models.multitask import MultiTaskModel
 from mtl.training import distributed as mdist
+from mtl.training.tricks import PLAIN, Tricks, task_loss_from, task_reps
 
 Batch = Mapping[str, Tensor]
 
@@ -103,7 +104,8 @@ def trim_padding(batch: Batch) -> dict[str, Tensor]:
     lo, hi, length = int(cols[0]), int(cols[-1]) + 1, mask.shape[1]
     if lo == 0 and hi == length:
         return out
-    return {k: (v[:, lo:hi] if v.dim() == 2 and v.shape[1] == length else v) for k, v in batch.items()}
+    # the sequence columns only: multi-hot labels [B, C] stay whole even when C equals the padded length
+    return {k: (v[:, lo:hi] if k != "labels" and v.dim() == 2 and v.shape[1] == length else v) for k, v in batch.items()}
 
 
 def split_batch(batch: Batch, parts: int) -> list[dict[str, Tensor]]:
@@ -116,15 +118,10 @@ def split_batch(batch: Batch, parts: int) -> list[dict[str, Tensor]]:
     return [trim_padding({k: p[i] for k, p in pieces.items()}) for i in range(parts)]
 
 
-def _task_loss(model: MultiTaskModel, task: str, rep: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """The task's mean training loss (cross-entropy unless ``model.set_losses`` gave it another) and the
-    number of correct predictions (a tensor: no device sync here)."""
-    logits = model.head(task, rep)
-    labels = batch["labels"]
-    loss = model.task_loss(task, logits.float(), labels)
-    with torch.no_grad():
-        correct = (logits.argmax(-1) == labels).sum()
-    return loss, correct
+def _task_loss(model: MultiTaskModel, task: str, batch: Batch, tricks: Tricks) -> tuple[Tensor, Tensor]:
+    """The task's mean training loss (its configured loss; with R-Drop/FGM/PGD the combined objective of
+    :mod:`mtl.training.tricks`) and the number of correct predictions (a tensor: no device sync here)."""
+    return task_loss_from(model, task, task_reps(model, task, batch, tricks), batch, tricks)
 
 
 def gramian_of(rows: Tensor) -> Tensor:
@@ -237,6 +234,7 @@ class GradientEngine:
         loss_scale: Callable[[Tensor], Tensor] | None = None,
         scale_value: Callable[[], float] | None = None,
         accum_steps: int = 1,
+        tricks: Tricks = PLAIN,
     ) -> None:
         if int(accum_steps) < 1:
             raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
@@ -247,6 +245,7 @@ class GradientEngine:
         self.loss_scale = loss_scale or (lambda x: x)  # fp16 GradScaler.scale, identity otherwise
         self.scale_value = scale_value or (lambda: 1.0)
         self.accum_steps = int(accum_steps)
+        self.tricks = tricks  # R-Drop / FGM / PGD: more encoder passes per task (mtl.training.tricks)
         self._jac_buffer: Tensor | None = None  # parameters mode: see _jacobian
 
     # ------------------------------------------------------------------ entry point
@@ -313,7 +312,7 @@ class GradientEngine:
             tally.open(task)
             for mb, frac in zip(mbs, self._fractions(mbs), strict=True):
                 with self.autocast():
-                    loss, c = _task_loss(self.model, task, self.model.encode(mb), mb)
+                    loss, c = _task_loss(self.model, task, mb, self.tricks)
                 self.loss_scale(loss * frac).backward()
                 tally.add(loss, c, frac, batch_rows(mb))
             stashes.append(_take_grads(params))
@@ -334,7 +333,7 @@ class GradientEngine:
         tally, losses = _Tally(), []  # losses keep their graphs: one backward of the weighted sum
         with self.autocast():
             for task, (batch,) in micro.items():
-                loss, c = _task_loss(self.model, task, self.model.encode(batch), batch)
+                loss, c = _task_loss(self.model, task, batch, self.tricks)
                 tally.open(task)
                 tally.add(loss, c, 1.0, batch_rows(batch))
                 losses.append(loss)
@@ -360,20 +359,20 @@ class GradientEngine:
             vec = None
             for mb, frac in zip(mbs, self._fractions(mbs), strict=True):
                 with self.autocast():
-                    z = self.model.encode(mb)
-                    z_leaf = z.detach().requires_grad_(True)
-                    loss, c = _task_loss(self.model, task, z_leaf, mb)
+                    zs = task_reps(self.model, task, mb, self.tricks)  # one per encoder pass
+                    leaves = [z.detach().requires_grad_(True) for z in zs]
+                    loss, c = task_loss_from(self.model, task, leaves, mb, self.tricks)
                 # cheap backward through the head only: head params get their task's gradient
                 self.loss_scale(loss * frac).backward()
-                gz = z_leaf.grad
-                v = gz.float().sum(0)
+                gzs = [leaf.grad for leaf in leaves]
+                v = sum(gz.float().sum(0) for gz in gzs)  # the task's gradient on its representations
                 vec = v if vec is None else vec + v
                 tally.add(loss, c, frac, batch_rows(mb))
                 if single:  # keep the graph: one weighted encoder backward once the weights are known
-                    reps.append(z)
-                    rep_grads.append(gz)
+                    reps.append(zs)
+                    rep_grads.append(gzs)
                 else:  # backward now (this chunk's activations are freed), weight the task's sum later
-                    torch.autograd.backward(z, gz)
+                    torch.autograd.backward(zs, gzs)
             if not single:
                 stashes.append(_take_grads(shared))
             vectors.append(vec)
@@ -384,8 +383,9 @@ class GradientEngine:
         w = self.balancer.compute(inp).detach()
         weights = [float(x) for x in w.cpu().tolist()]
         if single:
-            grads = [g * wt for g, wt in zip(rep_grads, weights, strict=True)]
-            torch.autograd.backward(reps, grads)
+            flat_reps = [z for zs in reps for z in zs]
+            grads = [g * wt for gzs, wt in zip(rep_grads, weights, strict=True) for g in gzs]
+            torch.autograd.backward(flat_reps, grads)
         else:
             _combine(shared, stashes, weights, base)
         return StepResult(tally.tasks, inp.losses, w.cpu(), inp.counts, gramian)
@@ -402,7 +402,7 @@ class GradientEngine:
             tally.open(task)
             for j, (mb, frac) in enumerate(zip(mbs, self._fractions(mbs), strict=True)):
                 with self.autocast():
-                    loss, c = _task_loss(self.model, task, self.model.encode(mb), mb)
+                    loss, c = _task_loss(self.model, task, mb, self.tricks)
                 grads = torch.autograd.grad(self.loss_scale(loss * frac), shared + head_params, allow_unused=True)
                 _store_flat_grads(jac[i], shared, grads[: len(shared)], first=j == 0)
                 for p, g in zip(head_params, grads[len(shared) :], strict=True):

@@ -28,15 +28,17 @@ from tqdm.auto import tqdm
 from mtl.balancers.base import Balancer
 from mtl.data.batching import TaskStream
 from mtl.evaluation.decision import DecisionSettings, score_rules
-from mtl.evaluation.metrics import format_table, task_scores
+from mtl.evaluation.metrics import format_table, label_indices, multilabel_task_scores, task_scores
 from mtl.evaluation.results import EvalResult
 from mtl.models.multitask import MultiTaskModel
 from mtl.samplers.base import TaskSampler
 from mtl.training import checkpoint as ckpt
 from mtl.training import distributed as mdist
+from mtl.training.averaging import WeightAverage
 from mtl.training.engine import GradientEngine, StepResult, batch_rows, split_batch
 from mtl.training.loggers import CSVLogger, MetricsLogger
 from mtl.training.optim import build_optimizer, build_scheduler
+from mtl.training.tricks import Tricks
 from mtl.utils.device import resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class OutOfMemory(TrainingStopped):
 
 
 #: the fields of TrainerSettings that form the ``optim`` config group (the rest form ``trainer``)
-OPTIM_KEYS = ("lr", "head_lr", "weight_decay", "warmup", "grad_clip")
+OPTIM_KEYS = ("optimizer", "lr", "head_lr", "layer_decay", "weight_decay", "warmup", "grad_clip")
 
 
 @dataclass
@@ -60,8 +62,10 @@ class TrainerSettings:
     (``mtl.config`` registers them with Hydra), so Python and the command line train the same way."""
 
     # --- optim: AdamW with separate encoder and head learning rates, linear warm-up then linear decay
+    optimizer: str = "adamw"  # adamw | adafactor (transformers' Adafactor at these learning rates)
     lr: float = 5.0e-5  # encoder
     head_lr: float | None = 1.0e-3  # task heads (None: same as lr)
+    layer_decay: float | None = None  # layer-wise lr decay: layer i of L at lr * layer_decay^(L - i) (docs/training_tricks.md)
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of training (< 1) or a number of steps (>= 1)
     grad_clip: float | None = 1.0  # max global gradient norm (None: off)
@@ -84,6 +88,14 @@ class TrainerSettings:
     checkpoint_every: int | None = 500  # full resumable state to checkpoints/last.pt every N steps and at the end
     resume: str | None = None  # auto (this run dir's last.pt) | <checkpoint file> | <run dir>
     overwrite: bool = False  # replace the run already in the run directory (else that directory is refused)
+    # --- training tricks (docs/training_tricks.md), all off by default
+    adversarial: str | None = None  # null | fgm | pgd: adversarial perturbation of the word embeddings
+    adv_epsilon: float = 1.0  # the perturbation's L2 norm per example (pgd: its bound)
+    adv_steps: int = 3  # pgd: ascent steps
+    adv_alpha: float = 0.3  # pgd: step size
+    rdrop_alpha: float = 0.0  # R-Drop: weight of the symmetric KL between two dropout passes (0: off)
+    ema_decay: float | None = None  # evaluate and save an exponential moving average of the weights (e.g. 0.999)
+    swa_start: float | None = None  # or stochastic weight averaging from this fraction of training (< 1) or step
 
 
 class NullLogger:
@@ -208,7 +220,8 @@ class Trainer:
         self.checkpoint_meta = checkpoint_meta or {}
         # fused AdamW on CUDA (one kernel for all parameters); torch's default elsewhere
         self.optimizer = build_optimizer(
-            model, balancer, s.lr, s.head_lr, s.weight_decay, fused=True if self.device.type == "cuda" else None
+            model, balancer, s.lr, s.head_lr, s.weight_decay, fused=True if self.device.type == "cuda" else None,
+            layer_decay=s.layer_decay, optimizer=s.optimizer,
         )
         self.scheduler = build_scheduler(self.optimizer, s.max_steps, s.warmup)
         fp16 = self.precision == "fp16"
@@ -220,7 +233,10 @@ class Trainer:
             loss_scale=self.scaler.scale if fp16 else None,
             scale_value=(lambda: float(self.scaler.get_scale())) if fp16 else None,
             accum_steps=int(s.grad_accum_steps),
+            tricks=Tricks(s.adversarial, float(s.adv_epsilon), int(s.adv_steps), float(s.adv_alpha),
+                          float(s.rdrop_alpha)),
         )
+        self.averager = self._build_averager()
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self._shared_ids = {id(p) for p in self.model.shared_parameters()}
         self.state = TrainerState()
@@ -229,6 +245,25 @@ class Trainer:
     @property
     def step(self) -> int:
         return self.state.step
+
+    def _build_averager(self) -> WeightAverage | None:
+        """EMA (``trainer.ema_decay``) or SWA (``trainer.swa_start``) of the trainable weights, or None."""
+        s = self.settings
+        if s.ema_decay is not None and s.swa_start is not None:
+            raise ValueError("trainer.ema_decay and trainer.swa_start are alternatives: set one of them")
+        if s.ema_decay is not None:
+            return WeightAverage(self.model.parameters(), ema_decay=float(s.ema_decay))
+        if s.swa_start is not None:
+            start = float(s.swa_start)
+            if start < 0:
+                raise ValueError(f"trainer.swa_start={s.swa_start}: must be >= 0")
+            first = int(round(start * s.max_steps)) if start < 1 else int(start)
+            return WeightAverage(self.model.parameters(), swa_start=max(first, 1))
+        return None
+
+    def averaged(self):  # noqa: ANN201 - a context manager
+        """Inside: the model holds the averaged weights when EMA/SWA is on (what evaluation and best.pt use)."""
+        return self.averager.swapped() if self.averager is not None else nullcontext()
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -341,6 +376,8 @@ class Trainer:
         self.balancer.after_optimizer_step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.averager is not None:
+            self.averager.update(self.step + 1)
         self.state.samples_seen += sum(n for _, n in result.counts.values())
         self.state.last_grad_norm = grad_norm
         self.state.step += 1
@@ -427,17 +464,22 @@ class Trainer:
         decisions: dict[str, dict[str, Any]] = {}
         for task, full_loader in loaders.items():
             num_labels = self.model.num_labels[task]
+            multi = self.model.is_multi_label(task)
             loader, rows = self._visit_order(full_loader, sharded)
             chunks: list[Tensor] = []
-            labels: list[int] = []
+            labels: list[Any] = []
             loss_sum, n = 0.0, 0
             for batch in loader:
                 batch = self._to_device(batch)
                 with self._autocast():
                     logits = self.model(task, batch).float()
                 y = batch["labels"]
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-                n += int(y.numel())
+                if multi:  # multi-hot [B, C]: the dev loss is the task's own (multi-label) loss
+                    loss_sum += float(self.model.task_loss(task, logits, y, reduction="sum"))
+                    n += int(y.shape[0])
+                else:
+                    loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                    n += int(y.numel())
                 chunks.append(logits.cpu())
                 labels.extend(y.tolist())
             task_logits = torch.cat(chunks) if chunks else torch.zeros(0, num_labels)
@@ -454,6 +496,16 @@ class Trainer:
                         labels[i] = li
                     loss_sum += ls
                     n += k
+            if multi:  # threshold 0 (ZLPR's decision rule); the single-label decision rules do not apply
+                pred_hot = task_logits.numpy() > 0
+                true_hot = torch.as_tensor(labels, dtype=torch.float32).reshape(-1, num_labels).numpy() > 0.5
+                scores[task] = multilabel_task_scores(true_hot, pred_hot, num_labels, loss_sum / max(n, 1))
+                preds_ml, labels_ml = label_indices(pred_hot, num_labels), label_indices(true_hot, num_labels)
+                decisions[task] = {"multi_label": True, "macro_f1": {}, "biases": []}
+                if keep_predictions:  # flattened: what never_predicted reads in the run's summary
+                    decisions[task]["predictions"] = {"argmax": [i for row in preds_ml for i in row]}
+                    preds_all[task], labels_all[task] = preds_ml, labels_ml
+                continue
             preds = task_logits.argmax(-1).tolist()
             scores[task] = task_scores(labels, preds, num_labels, loss_sum / max(n, 1))
             decided = score_rules(task_logits, labels, num_labels, self.decision, self.class_counts.get(task))
@@ -506,6 +558,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "balancer": self.balancer.state_dict(),
+            "averager": self.averager.state_dict() if self.averager is not None else None,
             "sampler": self.sampler.state_dict(),
             "streams": {t: s.state_dict() for t, s in self.streams.items()},
             "rng": rng,
@@ -547,6 +600,10 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.balancer.load_state_dict(state["balancer"])
+        if self.averager is not None:
+            if not state.get("averager"):
+                raise ValueError("the checkpoint holds no weight average (EMA/SWA) for this run to continue")
+            self.averager.load_state_dict(state["averager"])
         self.sampler.load_state_dict(state["sampler"])
         missing = set(self.streams) - set(state["streams"])
         if missing:
@@ -648,6 +705,10 @@ class Trainer:
         self.logger.log(self.step, values, "train")
 
     def _evaluate_and_track(self, best_path: Path) -> None:
+        with self.averaged():  # EMA/SWA: evaluated (and best.pt saved) with the averaged weights
+            self._evaluate_and_track_inner(best_path)
+
+    def _evaluate_and_track_inner(self, best_path: Path) -> None:
         s = self.settings
         ev = self.evaluate(keep_predictions=True, sharded=True)  # the best one's predictions feed the report
         self.state.last_eval = ev

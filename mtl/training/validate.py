@@ -3,8 +3,9 @@ resumed checkpoint's identity.
 
 * :func:`validate_config`: every value the loop would trip on later (``trainer.eval_every=0`` as a
   ``ZeroDivisionError`` hundreds of steps in, ``tasks=[]`` as an attribute error), and a gradient balancer
-  with a one-task sampler, from the registered classes' attributes, before any data is read. Each
-  :class:`ConfigError` names the key and the value.
+  with a one-task sampler, from the registered classes' attributes, before any data is read; a task's
+  ``type`` and whether its loss fits it (a multi-label task needs a multi-label loss such as ``zlpr``, a
+  single-label task refuses one). Each :class:`ConfigError` names the key and the value.
 * :func:`claim_run_dir`: a directory that already holds a run is refused unless the run resumes it
   (``trainer.resume=auto``) or replaces it (``trainer.overwrite=true``); an exclusive lock
   (``<run_dir>/.lock``) keeps two runs from writing into one directory at once.
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "RunDirError",
     "check_resume_identity",
+    "check_task_losses",
     "claim_run_dir",
     "clear_run_outputs",
     "holds_run",
@@ -119,6 +121,24 @@ def validate_config(cfg: DictConfig) -> None:
     positive_int("trainer.max_consecutive_nonfinite")
     positive_int("trainer.early_stopping_patience", optional=True, zero_ok=True)
     need("trainer.precision", str(_get(cfg, "trainer.precision")) in PRECISIONS, f"choose one of {PRECISIONS}")
+    # training tricks (docs/training_tricks.md)
+    adv = _get(cfg, "trainer.adversarial")
+    need("trainer.adversarial", adv in (None, "fgm", "pgd"), "choose null, fgm or pgd")
+    finite("trainer.adv_epsilon", strict=True, optional=True)
+    finite("trainer.adv_alpha", strict=True, optional=True)
+    positive_int("trainer.adv_steps", optional=True)
+    finite("trainer.rdrop_alpha", optional=True)
+    need("trainer.rdrop_alpha", not (adv and (_number(_get(cfg, "trainer.rdrop_alpha")) or 0) > 0),
+         "R-Drop with trainer.adversarial is not supported: choose one")
+    finite("trainer.ema_decay", strict=True, high=1.0, optional=True)
+    finite("trainer.swa_start", optional=True)
+    need("trainer.swa_start", _get(cfg, "trainer.ema_decay") is None or _get(cfg, "trainer.swa_start") is None,
+         "trainer.ema_decay and trainer.swa_start are alternatives: set one")
+    need("optim.optimizer", str(_get(cfg, "optim.optimizer") or "adamw") in ("adamw", "adafactor"),
+         "choose adamw or adafactor")
+    finite("optim.layer_decay", strict=True, optional=True)
+    need("optim.layer_decay", (_number(_get(cfg, "optim.layer_decay")) or 0.5) <= 1.0, "must lie in (0, 1]")
+    positive_int("model.dropout_samples", optional=True)
     # data, model, encoder
     positive_int("data.batch_size")
     positive_int("data.eval_batch_size")
@@ -137,10 +157,41 @@ def validate_config(cfg: DictConfig) -> None:
         need("decision.rule", str(_get(cfg, "decision.rule")) in RULES, f"choose one of {', '.join(RULES)}")
         finite("decision.tau", low=None)
         positive_int("decision.rounds")
+    for name in tasks or {}:
+        problems.extend(_task_problems(str(name), tasks[name]))
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
         raise ConfigError(f"{problems[0]}{more}")
     check_pairing(cfg)
+    check_task_losses(cfg)
+
+
+def _task_problems(name: str, task: Any) -> list[str]:
+    """A task's ``type`` (single_label | multi_label) and, for a multi-label task, its ``label_separator``."""
+    from mtl.data.loading import is_multi_label
+
+    if not hasattr(task, "get"):
+        return []
+    try:
+        multi = is_multi_label(task, name)
+    except ValueError as exc:
+        return [f"tasks.{name}.type={task.get('type')}: {exc}"]
+    sep = task.get("label_separator")
+    if multi and sep is not None and not (isinstance(sep, str) and sep):
+        return [f"tasks.{name}.label_separator={sep!r}: must be a non-empty string"]
+    return []
+
+
+def check_task_losses(cfg: DictConfig) -> None:
+    """Each task's loss fits its type (``mtl.training.build.check_loss_types``), as a :class:`ConfigError`."""
+    from mtl.training.build import check_loss_types
+
+    if not cfg.get("tasks"):
+        return
+    try:
+        check_loss_types(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -320,6 +371,9 @@ FREE_KEYS = (
     "data.root", "data.cache_dir", "data.eval_batch_size", "data.num_workers", "data.length_buckets",
     "data.pad_to_multiple_of",
 )
+#: trainer keys that change the trajectory (the rest of ``trainer`` is how the run is carried out)
+TRAJECTORY_TRAINER_KEYS = ("adversarial", "adv_epsilon", "adv_steps", "adv_alpha", "rdrop_alpha", "ema_decay",
+                           "swa_start")
 #: per-task keys that only prediction and reports read
 FREE_TASK_KEYS = ("test_files", "test_columns", "submission_file", "label_names")
 
@@ -350,6 +404,10 @@ def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
         elif a != b:
             out.append(f"{key}: {a} -> {b}")
 
+    for key in TRAJECTORY_TRAINER_KEYS:  # trainer keys that change what a step computes
+        a, b = _dig(old, f"trainer.{key}"), _dig(new, f"trainer.{key}")
+        if a != b and f"{key}" in (old.get("trainer") or {}) and f"{key}" in (new.get("trainer") or {}):
+            out.append(f"trainer.{key}: {a} -> {b}")
     for group in IDENTITY_GROUPS:
         if group == "tasks":
             for t in [t for t in old_tasks if t in new_tasks]:
