@@ -106,3 +106,67 @@ def test_two_runs_with_one_seed_are_refused(runs: Path) -> None:
     fake_run(runs, "dup", "dwa", 1, {"ocnli": 0.4, "ocemotion": 0.4, "tnews": 0.4})
     with pytest.raises(RunReadError, match="two runs of one configuration have seed 1"):
         build_report([runs], baseline="balancer.name=equal")
+
+
+# ---------------------------------------------------------------------------------------------------- single-task
+def task_run(root: Path, job: str, tasks: dict[str, float], seed: int, *, steps: int, loss: str = "ce",
+             tuned: dict[str, float] | None = None, lr: float = 1e-4) -> Path:
+    import yaml
+
+    d = root / job
+    d.mkdir(parents=True)
+    config = {"name": "q", "seed": seed, "tasks": {t: {"train_file": f"{t}.csv"} for t in tasks},
+              "loss": {"name": loss}, "optim": {"lr": lr}, "trainer": {"max_steps": steps, "eval_every": steps // 2}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    metrics = {"avg_macro_f1": sum(tasks.values()) / len(tasks),
+               "tasks": {t: {"macro_f1": f, "accuracy": 0.5, "loss": 1.0, "n": 10} for t, f in tasks.items()}}
+    if tuned is not None:
+        metrics["decision"] = {"rule": "argmax", "averages": {"argmax": metrics["avg_macro_f1"],
+                                                               "tuned_biases": sum(tuned.values()) / len(tuned)},
+                               "tasks": {t: {"macro_f1": {"argmax": tasks[t], "tuned_biases": tuned[t]}} for t in tasks}}
+    (d / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return d
+
+
+@pytest.fixture
+def mt_st(tmp_path: Path) -> Path:
+    root = tmp_path / "study"
+    single = {1: {"x": 0.50, "y": 0.30}, 2: {"x": 0.52, "y": 0.34}, 3: {"x": 0.48, "y": 0.32}}
+    multi = {1: {"x": 0.55, "y": 0.31}, 2: {"x": 0.56, "y": 0.36}, 3: {"x": 0.54, "y": 0.32}}
+    for seed in (1, 2, 3):
+        for t in ("x", "y"):
+            task_run(root, f"st_{t}_{seed}", {t: single[seed][t]}, seed, steps=120,
+                     tuned={t: single[seed][t] + 0.01})
+        task_run(root, f"mt_{seed}", multi[seed], seed, steps=360, tuned={t: v + 0.03 for t, v in multi[seed].items()})
+    return root
+
+
+def test_multi_task_against_single_task_runs_by_hand(mt_st: Path) -> None:
+    rep = build_report([mt_st], baseline="single_task")
+    mt = next(r for r in rep["groups"] if r.get("paired"))
+    p = mt["paired"]
+    # x: 0.05, 0.04, 0.06 -> mean 0.05, sd 0.01; y: 0.01, 0.02, 0.00 -> mean 0.01, sd 0.01
+    assert p["tasks"]["x"]["mean"] == pytest.approx(0.05) and p["tasks"]["x"]["std"] == pytest.approx(0.01)
+    assert p["tasks"]["x"]["low"] == pytest.approx(0.05 - T_975_2 * 0.01 / math.sqrt(3)) and p["tasks"]["x"]["verdict"] == "better"
+    assert p["tasks"]["y"]["mean"] == pytest.approx(0.01) and p["tasks"]["y"]["verdict"] == "within noise"
+    # average of the tasks: 0.03, 0.03, 0.03
+    assert p["average"]["mean"] == pytest.approx(0.03) and p["average"]["std"] == pytest.approx(0.0, abs=1e-12)
+    # tuned biases on both sides: +0.03 for multi-task, +0.01 for single-task -> 0.05 each seed
+    assert p["rules"]["tuned_biases"]["mean"] == pytest.approx(0.05)
+    singles = [r for r in rep["groups"] if not r.get("paired")]
+    assert len(singles) == 2 and all(r["is_baseline"] for r in singles)
+    md = write_report([mt_st], mt_st / "rep", baseline="single_task")
+    text = (mt_st / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "## Paired differences against `single_task`" in text and "single-task run with the same seed" in text
+    assert md["files"]["paired_plot"]
+
+
+def test_single_task_runs_that_differ_are_refused(mt_st: Path) -> None:
+    task_run(mt_st, "st_x_9", {"x": 0.4}, 9, steps=120, lr=3e-4)
+    with pytest.raises(RunReadError, match=r"differ in optim.lr"):
+        build_report([mt_st], baseline="single_task")
+
+
+def test_single_task_baseline_needs_single_task_runs(runs: Path) -> None:
+    with pytest.raises(RunReadError, match="no single-task runs"):
+        build_report([runs], baseline="single_task")

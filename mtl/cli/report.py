@@ -3,6 +3,7 @@
     mtl-report outputs/multirun/2026-11-21/16-00-00_sweep_balancers
     mtl-report outputs/ --out reports/all --ignore 'optim.*'
     mtl-report outputs/study/imbalance --baseline loss.name=ce        # paired differences with 95 % intervals
+    mtl-report outputs/study/single outputs/study/multi --baseline single_task   # the multi-task gain
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sort-by", default="avg_macro_f1", help="avg_macro_f1 (default) or a task name")
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE",
                    help="the configuration to compare every other against, e.g. loss.name=ce: paired differences "
-                   "over shared seeds with a 95%% Student-t interval and a verdict (better / worse / within noise)")
+                   "over shared seeds with a 95%% Student-t interval and a verdict (better / worse / within noise); "
+                   "single_task: every multi-task configuration against the single-task runs (one task each, "
+                   "e.g. experiment=quickstart_single_task), per task and on the average")
     return p.parse_args(argv)
 
 

@@ -351,6 +351,77 @@ def paired_against(group: ConfigGroup, base: ConfigGroup, tasks: Sequence[str]) 
     return out
 
 
+#: ``--baseline single_task``: the single-task runs, combined per seed, against every multi-task group
+SINGLE_TASK = "single_task"
+#: keys in which a task's single-task run may differ from the others' (its task, its steps)
+_SINGLE_TASK_FREE = ("tasks", "tasks.*", "trainer.max_steps", "trainer.max_epochs", "trainer.eval_every")
+
+
+def single_task_baseline(runs: Sequence[RunRecord], ignore: Sequence[str]) -> dict[str, Any]:
+    """The single-task runs (one task each) as one baseline: ``{"tasks": [...], "by_seed": {seed: {task:
+    run}}, "label"}``. Refused (:class:`RunReadError`) when they differ in a setting other than their task
+    and step counts, or a seed lacks a task's run or has two."""
+    single = [r for r in runs if len(r.tasks) == 1]
+    if not single:
+        raise RunReadError("--baseline single_task: no single-task runs (one task each) among these runs; "
+                           "train them with e.g. mtl-train -m experiment=quickstart_single_task tasks=ocnli,ocemotion,tnews")
+    patterns = (*ignore, *_SINGLE_TASK_FREE)
+    ref = {k: v for k, v in single[0].config.items() if not _ignored(k, patterns)}
+    for r in single[1:]:
+        cfg = {k: v for k, v in r.config.items() if not _ignored(k, patterns)}
+        diff = sorted(k for k in set(ref) | set(cfg) if _fmt_value(ref.get(k, _ABSENT)) != _fmt_value(cfg.get(k, _ABSENT)))
+        if diff:
+            raise RunReadError(f"--baseline single_task: the single-task runs {single[0].path} and {r.path} differ in "
+                               f"{', '.join(diff[:6])}: report such runs separately (they would be mixed)")
+    tasks = sorted({r.tasks[0] for r in single})
+    by_seed: dict[Any, dict[str, RunRecord]] = {}
+    for r in single:
+        slot = by_seed.setdefault(r.seed, {})
+        if r.tasks[0] in slot:
+            raise RunReadError(f"--baseline single_task: two single-task runs of {r.tasks[0]} with seed {r.seed} "
+                               f"({slot[r.tasks[0]].path}, {r.path})")
+        slot[r.tasks[0]] = r
+    steps = sorted({str(r.config.get("trainer.max_steps")) for r in single})
+    return {"tasks": tasks, "by_seed": by_seed, "label": f"single-task runs ({', '.join(tasks)}; steps {', '.join(steps)})"}
+
+
+def _task_f1(r: RunRecord, task: str, rule: str = "argmax") -> Any:
+    if rule == "argmax":
+        return ((r.metrics.get("tasks") or {}).get(task) or {}).get("macro_f1")
+    d = (((r.metrics.get("decision") or {}).get("tasks") or {}).get(task) or {}).get("macro_f1") or {}
+    return d.get(rule)
+
+
+def paired_against_single_task(group: ConfigGroup, base: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A multi-task group against the single-task runs with the same seeds: per task and on the average of
+    the tasks (each decision rule on both sides alike). None for a group whose tasks are not all covered."""
+    tasks = list(dict.fromkeys(t for r in group.runs for t in r.tasks))
+    if len(tasks) < 2 or not set(tasks) <= set(base["tasks"]):
+        return None
+    _by_seed(group.runs, lambda r: r.metrics.get("avg_macro_f1"))  # refuses two runs with one seed
+    complete = {s: runs for s, runs in base["by_seed"].items() if set(tasks) <= set(runs)}
+
+    def single(task: str, rule: str) -> dict[Any, Any]:
+        return {s: _task_f1(runs[task], task, rule) for s, runs in complete.items()}
+
+    def average(value: Any) -> dict[Any, Any]:
+        out = {}
+        for seed, vals in value.items():
+            out[seed] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+        return out
+
+    out: dict[str, Any] = {"baseline": base["label"], "tasks": {}, "rules": {}}
+    for rule in REPORTED_RULES:
+        group_avg = average({r.seed: [_task_f1(r, t, rule) for t in tasks] for r in group.runs})
+        base_avg = average({s: [single(t, rule)[s] for t in tasks] for s in complete})
+        if any(v is not None for v in group_avg.values()) and any(v is not None for v in base_avg.values()):
+            out["rules"][rule] = paired_difference(group_avg, base_avg)
+    out["average"] = out["rules"].get("argmax") or paired_difference({}, {})
+    for t in tasks:
+        out["tasks"][t] = paired_difference(_by_seed(group.runs, lambda r, t=t: _task_f1(r, t)), single(t, "argmax"))
+    return out
+
+
 def build_report(
     paths: Sequence[str | Path], ignore: Sequence[str] = IGNORED_KEYS, metric: str = "avg_macro_f1",
     baseline: str | None = None,
@@ -395,7 +466,14 @@ def build_report(
             "decision": _decision_stats(rs, tasks),
         }
         rows.append(row)
-    if baseline is not None:
+    if baseline == SINGLE_TASK:
+        st = single_task_baseline(runs, ignore)
+        for g, row in zip(groups, rows, strict=True):
+            paired = paired_against_single_task(g, st)
+            row["is_baseline"] = paired is None and all(len(r.tasks) == 1 for r in g.runs)
+            if paired is not None:
+                row["paired"] = paired
+    elif baseline is not None:
         base = find_baseline(groups, baseline)
         for g, row in zip(groups, rows, strict=True):
             row["paired"] = paired_against(g, base, tasks)
@@ -498,12 +576,13 @@ def paired_table(report: Mapping[str, Any]) -> str:
             continue
         p = row["paired"]
         cells = [row["label"].replace("|", "\\|"), str(p["average"]["n"]), _ci(p["average"]), p["average"]["verdict"],
-                 *[_ci(p["tasks"][t], 3) for t in tasks]]
+                 *[_ci(p["tasks"][t], 3) if t in p["tasks"] else "–" for t in tasks]]
         lines.append("| " + " | ".join(cells) + " |")
     rule_rows = [(row, rule, d) for row in rows for rule, d in row["paired"]["rules"].items()
                  if not (row.get("is_baseline") and rule == "argmax")]
     if rule_rows:
-        lines += ["", "| configuration | decision rule | seeds | Δ avg vs baseline argmax [95% CI] | verdict |",
+        against = ("single-task runs, same rule" if report.get("baseline") == SINGLE_TASK else "baseline argmax")
+        lines += ["", f"| configuration | decision rule | seeds | Δ avg vs {against} [95% CI] | verdict |",
                   "|---|---|---:|---:|---|"]
         for row, rule, d in rule_rows:
             name = rule + (" (cross-fitted)" if rule == "tuned_biases" else "")
@@ -526,8 +605,12 @@ def to_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
     if paired:
         parts += [
             "", f"## Paired differences against `{report['baseline']}`", "",
-            "Per seed, this configuration's score minus the baseline's with the same seed; mean and 95 % "
-            "Student-t interval over the shared seeds (paired t). *better*/*worse*: the interval excludes 0.",
+            ("Per seed, each multi-task configuration's per-task macro-F1 minus that task's single-task run with the "
+             "same seed, and its average of the tasks minus the average of the single-task runs; "
+             if report.get("baseline") == SINGLE_TASK else
+             "Per seed, this configuration's score minus the baseline's with the same seed; ")
+            + "mean and 95 % Student-t interval over the shared seeds (paired t). *better*/*worse*: the interval "
+            "excludes 0.",
             "", paired,
         ]
         if (report.get("files") or {}).get("paired_plot"):
@@ -608,7 +691,7 @@ def plot_paired(report: Mapping[str, Any], path: str | Path) -> Path | None:
     ax.axvline(0.0, color="black", lw=1)
     ax.set_yticks(range(len(items)), [name for name, _ in items], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"Δ dev avg macro-F1 vs {report['baseline']} (argmax), mean and 95 % paired-t interval")
+    ax.set_xlabel(f"Δ dev avg macro-F1 vs {report['baseline']}, mean and 95 % paired-t interval")
     ax.grid(axis="x", alpha=0.3)
     path = Path(path)
     fig.savefig(path, dpi=110)
