@@ -14,19 +14,28 @@ trainer timed like the methods, shows the noise floor. (The shared model drifts 
 steps it; that changes no cost.) Every method keeps its optimiser state: about 8 bytes per
 trainable parameter each (170 MB for e5-small with frozen embeddings, 0.94 GB unfrozen).
 
-Targets: representation-level methods (one backward through the encoder, MGDA-UB style) at most
-1.15x equal; parameter-level methods (per-task gradients on all shared parameters) at most
-(T + 0.5)x equal, T the number of tasks.
+By default every registered method is timed, on every source it supports: the loss-level methods
+(``--loss``), the gradient methods on the representation (``--representation``) and on the parameters
+(``--parameters``; ``mgda_ub`` is ``mgda`` with the other default source, so each is timed on its own
+source only). Targets (issue 14): a loss-level method at most 1.05x equal; a gradient method at most
+1.05x equal on the representation (one backward through the encoder, MGDA-UB style) and 1.15x on the
+parameters (per-task gradients on all shared parameters).
 
 Per method the JSON also splits the median step into the gradient engine (forward, backward(s),
-Gramian, balancer), the balancer's ``compute`` alone (the Gramian -> weights solver) and the rest
-(clip + optimiser + scheduler).
+Gramian, balancer), the balancer's ``compute`` (an aggregator's ``aggregate``) alone (the solver) and the
+rest (clip + optimiser + scheduler), and gives the memory a method adds: the parameters-mode Jacobian
+buffer and the balancer's own state (MoCo's tracked gradients, ExcessMTL's statistics: ``T x P`` on the
+parameters), and on a GPU the peak memory of a step above what was allocated before it.
+
+Every method keeps its own optimiser state (about 8 bytes per trainable parameter, 170 MB for e5-small
+with frozen embeddings) and, on the parameters, its own Jacobian buffer (258 MB): the full default list
+needs about 14 GB of memory there; pass shorter lists to split the run.
 
 Usage::
 
     MTL_DATA_DIR=../shared/data/raw python scripts/bench_balancers.py            # e5_small, 12 layers
     python scripts/bench_balancers.py --unfreeze-embeddings --out outputs/bench/balancers_unfrozen.json
-    python scripts/bench_balancers.py --representation mgda_ub,pcgrad --parameters mgda --steps 5
+    python scripts/bench_balancers.py --loss '' --representation mgda_ub,pcgrad --parameters mgda --steps 5
 
 Data: the real task files when found (``--data-root``, else ``MTL_DATA_DIR``, ``data/`` or
 ``../shared/data/raw``), otherwise synthetic fixture files written to a temporary folder.
@@ -56,12 +65,10 @@ import _bench_common as common  # noqa: E402
 
 DEFAULT_OUT = common.BENCH_DIR / "balancers.json"
 
-REPRESENTATION = [
-    "mgda_ub", "pcgrad", "cagrad", "imtl", "gradvac", "nash_mtl", "aligned_mtl",
-    "grad_norm_normalized", "gradnorm", "primary_auxiliary", "torchjd",
-]  # fmt: skip
-PARAMETERS = ["mgda", "pcgrad", "cagrad", "nash_mtl"]
-REPRESENTATION_TARGET = 1.15
+ALL = "all"  # the default of --loss/--representation/--parameters: every registered method that supports it
+#: the same solver under two names with different default sources: each is timed on its own source only
+SAME_SOLVER = {"representation": {"mgda"}, "parameters": {"mgda_ub"}}
+TARGETS = {"loss": 1.05, "representation": 1.05, "parameters": 1.15}  # x an equal step (issue 14)
 
 log = logging.getLogger("bench_balancers")
 
@@ -82,8 +89,10 @@ class ReplayStream:
 
 
 class Method:
-    def __init__(self, label: str, balancer: str, source: str | None) -> None:
-        self.label, self.balancer, self.source = label, balancer, source
+    """One timed entry: ``kind`` is ``control`` (the ``equal`` references), loss, representation or parameters."""
+
+    def __init__(self, label: str, balancer: str, source: str | None, kind: str = "control") -> None:
+        self.label, self.balancer, self.source, self.kind = label, balancer, source, kind
 
     @property
     def overrides(self) -> list[str]:
@@ -91,14 +100,32 @@ class Method:
         return out + ([f"balancer.source={self.source}"] if self.source else [])
 
 
+def registered(kind: str) -> list[str]:
+    """Every registered method timed as ``kind`` (loss | representation | parameters), registry order."""
+    from mtl.balancers import BALANCERS
+
+    out = []
+    for name in BALANCERS.names():
+        cls = BALANCERS.get(name)
+        if not cls.__module__.startswith("mtl.") or name == "equal":
+            continue
+        if kind == "loss":
+            if not cls.needs_gramian:
+                out.append(name)
+        elif cls.needs_gramian and name not in SAME_SOLVER[kind] and kind in getattr(cls, "sources", (kind,)):
+            out.append(name)
+    return out
+
+
 def methods_from(args: argparse.Namespace) -> list[Method]:
     out = [Method("equal", "equal", None)]
     if not args.no_control:
         out.append(Method("equal#2", "equal", None))
-    for src, names in (("representation", args.representation), ("parameters", args.parameters)):
-        for n in (x.strip() for x in names.split(",")):
-            if n:
-                out.append(Method(f"{n}@{src}", n, src))
+    for kind in ("loss", "representation", "parameters"):
+        names = getattr(args, kind)
+        chosen = registered(kind) if names == ALL else [x.strip() for x in names.split(",") if x.strip()]
+        for n in chosen:
+            out.append(Method(f"{n}@{kind}", n, None if kind == "loss" else kind, kind))
     return out
 
 
@@ -157,7 +184,9 @@ class Timed:
         self.engine: list[float] = []
         self.solver: list[float] = []
         self._wrap(trainer.engine, "step", self.engine)
-        self._wrap(trainer.balancer, "compute", self.solver)
+        # what the engine calls: an aggregator's aggregate, every other balancer's compute
+        self._wrap(trainer.balancer, "aggregate" if hasattr(trainer.balancer, "aggregate") else "compute",
+                   self.solver)
         self.device = trainer.device
 
     @staticmethod
@@ -183,6 +212,10 @@ class Timed:
         torch.manual_seed(seed + batch_index)
         self.engine.append(0.0)
         self.solver.append(0.0)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
         common.sync(self.device)
         t0 = time.perf_counter()
         result = self.trainer.train_step()
@@ -190,7 +223,17 @@ class Timed:
         t1 = time.perf_counter()
         if result is None:
             raise RuntimeError(f"{self.method.label}: a step was skipped (non-finite loss or gradient)")
-        return {"step": t1 - t0, "engine": self.engine[-1], "solver": self.solver[-1], "mid": 0.5 * (t0 + t1)}
+        peak = (torch.cuda.max_memory_allocated(self.device) - before) / 2**20 if cuda else None
+        return {"step": t1 - t0, "engine": self.engine[-1], "solver": self.solver[-1], "mid": 0.5 * (t0 + t1),
+                "peak_mb": peak}
+
+    def memory_mb(self) -> dict[str, float]:
+        """What the method keeps between steps: its Jacobian buffer (parameters) and the balancer's state."""
+        jac = self.trainer.engine._jac_buffer
+        state = sum(t.numel() * t.element_size() for t in self.trainer.balancer.state_dict().values()
+                    if hasattr(t, "element_size"))
+        return {"jacobian_mb": (jac.numel() * jac.element_size() if jac is not None else 0) / 2**20,
+                "balancer_state_mb": state / 2**20}
 
 
 def make_trainer(method: Method, cfg, ctx: dict[str, Any], args: argparse.Namespace) -> Timed:
@@ -249,24 +292,23 @@ def _quantile(xs: list[float], q: float) -> float:
     return xs[lo] + (pos - lo) * (xs[hi] - xs[lo])
 
 
-def summarise(methods: list[Method], records: list[dict[str, Any]], n_tasks: int) -> list[dict]:
+def summarise(methods: list[Method], records: list[dict[str, Any]],
+              memory: dict[str, dict[str, float]] | None = None) -> list[dict]:
     med = statistics.median
     out = []
     for m in methods:
         rs = [r for r in records if r["method"] == m.label]
         ratios = [r["ratio"] for r in rs]
         steps = [r["step"] for r in rs]
-        if m.source == "representation":
-            target = REPRESENTATION_TARGET
-        elif m.source == "parameters":
-            target = n_tasks + 0.5
-        else:
-            target = None
+        target = TARGETS.get(m.kind)
         ratio = med(ratios)
+        peaks = [r["peak_mb"] for r in rs if r.get("peak_mb") is not None]
         out.append({
             "method": m.label,
             "balancer": m.balancer,
             "source": m.source or "loss",
+            **(memory or {}).get(m.label, {}),
+            "peak_mb_median": med(peaks) if peaks else None,
             "ratio_to_equal": ratio,
             "ratio_q25": _quantile(ratios, 0.25),
             "ratio_q75": _quantile(ratios, 0.75),
@@ -284,14 +326,14 @@ def summarise(methods: list[Method], records: list[dict[str, Any]], n_tasks: int
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    head = ["method", "source", "× equal", "IQR", "s/step", "engine s", "solver ms", "rest s", "target"]
+    head = ["method", "source", "× equal", "IQR", "s/step", "engine s", "solver ms", "rest s", "kept MB", "target"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in results:
         tgt = "–" if r["target"] is None else f"≤ {r['target']:.2f} {'ok' if r['meets_target'] else 'MISSED'}"
         lines.append("| " + " | ".join([
             r["method"], r["source"], f"{r['ratio_to_equal']:.3f}", f"{r['ratio_q25']:.2f}–{r['ratio_q75']:.2f}",
             f"{r['step_seconds_median']:.3f}", f"{r['engine_seconds_median']:.3f}", f"{r['solver_ms_median']:.2f}",
-            f"{r['rest_seconds_median']:.3f}", tgt,
+            f"{r['rest_seconds_median']:.3f}", f"{r.get('jacobian_mb', 0) + r.get('balancer_state_mb', 0):.0f}", tgt,
         ]) + " |")
     return "\n".join(lines)
 
@@ -301,10 +343,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = common.make_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--representation", default=",".join(REPRESENTATION),
-                   help="balancers timed with source=representation (comma-separated; '' for none)")
-    p.add_argument("--parameters", default=",".join(PARAMETERS),
-                   help="balancers timed with source=parameters (comma-separated; '' for none)")
+    p.add_argument("--loss", default=ALL,
+                   help="loss-level balancers (comma-separated; '' for none; default: every registered one)")
+    p.add_argument("--representation", default=ALL,
+                   help="balancers timed with source=representation (comma-separated; '' for none; "
+                        "default: every gradient method that supports it)")
+    p.add_argument("--parameters", default=ALL,
+                   help="balancers timed with source=parameters (comma-separated; '' for none; "
+                        "default: every gradient method that supports it)")
     p.add_argument("--no-control", action="store_true", help="leave out the equal#2 noise-floor entry")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of every method first (default 2)")
     p.add_argument("--equal-every", type=int, default=4,
@@ -380,9 +426,10 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
                  statistics.median(r["step"] for r in sweep if r["method"] == "equal"),
                  " ".join(f"{r['method']}={r['ratio']:.2f}" for r in sweep if r["method"] != "equal"))
     wall = time.perf_counter() - t_start
+    memory = {label: t.memory_mb() for label, t in timed.items()}
     del timed
     gc.collect()
-    results = summarise(methods, records, len(task_names))
+    results = summarise(methods, records, memory)
     data = {
         "command": common.command_line(__file__, argv),
         "setup": {
@@ -408,7 +455,7 @@ def bench(args: argparse.Namespace, argv: list[str] | None) -> int:
             "wall_seconds": wall,
             "source_sha1": digest,
         },
-        "targets": {"representation": REPRESENTATION_TARGET, "parameters": len(task_names) + 0.5},
+        "targets": dict(TARGETS),
         "results": results,
         "steps": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != "mid"}
                   for r in records],

@@ -58,21 +58,25 @@ def make(name: str, n: int, **kwargs: Any) -> Balancer:
     return build_balancer(name, GRAD_TASKS[:n], **kwargs)
 
 
-def inp_for(gram: Tensor, tasks: list[str] | None = None, losses: Tensor | None = None) -> BalanceInput:
+def inp_for(gram: Tensor, tasks: list[str] | None = None, losses: Tensor | None = None,
+            gradients: Tensor | None = None, step: int = 0) -> BalanceInput:
+    """A Gramian-level input; ``gradients`` (the rows whose Gramian ``gram`` is) for methods that read them."""
     n = gram.shape[0]
     tasks = tasks or GRAD_TASKS[:n]
     return BalanceInput(
         tasks=tasks,
         losses=torch.ones(n) if losses is None else losses,
-        step=0,
+        step=step,
         max_steps=100,
         gramian=gram,
+        gradients=None if gradients is None else gradients.to(torch.float32),
     )
 
 
 def weights_of(bal: Balancer, jac: Tensor, **kw: Any) -> Tensor:
-    """The weights for the Jacobian ``jac`` (rows = task gradients), checked float32 and as float64."""
-    w = bal.compute(inp_for(jac @ jac.T, **kw))
+    """The weights for the Jacobian ``jac`` (rows = task gradients, also handed over as the gradients
+    themselves), checked float32 and as float64."""
+    w = bal.compute(inp_for(jac @ jac.T, gradients=jac, **kw))
     assert w.dtype == torch.float32 and w.shape == (jac.shape[0],)
     return w.double()
 

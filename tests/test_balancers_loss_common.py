@@ -30,12 +30,16 @@ OURS = [
     "gls",
     "stch",
     "db_mtl",
+    "go4align",
+    "igb",
 ]
 GRAMIAN_METHODS = {"grad_norm_normalized", "gradnorm", "db_mtl"}
 
 
 def _make(name: str) -> Balancer:
-    options: dict[str, dict[str, Any]] = {"dwa": {"window": 2}, "stch": {"warmup_steps": 2, "nadir_steps": 2}}
+    options: dict[str, dict[str, Any]] = {"dwa": {"window": 2}, "stch": {"warmup_steps": 2, "nadir_steps": 2},
+                                          "igb": {"warmup_steps": 2, "base_steps": 2},
+                                          "go4align": {"step_size": 0.1}}
     kwargs = options.get(name, {})
     return build_balancer(name, TASKS, **kwargs)
 
@@ -125,7 +129,7 @@ def test_gramian_methods_refuse_without_gramian(name: str) -> None:
         _make(name).compute(inp(TASKS, [1.0, 1.0, 1.0]))
 
 
-@pytest.mark.parametrize("name", ["initial_loss", "gradnorm", "dwa", "famo", "dtp", "stch"])
+@pytest.mark.parametrize("name", ["initial_loss", "gradnorm", "dwa", "famo", "dtp", "stch", "go4align", "igb"])
 def test_non_finite_loss_step_leaves_no_trace(name: str) -> None:
     """The trainer skips a step with a non-finite loss (after ``compute``): history must ignore it."""
     clean = _stream(name, 8, seed=3)

@@ -16,7 +16,7 @@ from tests.balancer_helpers import inp_for, make, rand_jac
 
 LOSS_LEVEL = [
     "equal", "static", "log_loss", "initial_loss", "uncertainty", "dwa", "dtp", "rlw", "famo", "imtl_l",
-    "gls", "stch",
+    "gls", "stch", "go4align", "igb",
 ]
 GRAMIAN_LEVEL = [
     "mgda",
@@ -35,18 +35,42 @@ GRAMIAN_LEVEL = [
     "dualproj",
     "fairgrad",
     "conflictfree",
+    "excess_mtl",
     "torchjd",
 ]
+#: not a weighting of the task gradients: the update from the gradients themselves (mtl.balancers.aggregator)
+AGGREGATORS = ["graddrop", "moco"]
+FAMILIES = ("loss", "gramian", "aggregator")
+
+
+def _family(cls) -> str:
+    from mtl.balancers.aggregator import Aggregator
+
+    return "aggregator" if issubclass(cls, Aggregator) else "gramian" if cls.needs_gramian else "loss"
 
 
 def test_importing_the_package_registers_every_method() -> None:
     ours = [n for n in BALANCERS.names() if BALANCERS.get(n).__module__.startswith("mtl.")]  # tests add their own
-    assert sorted(LOSS_LEVEL + GRAMIAN_LEVEL) == ours
+    assert sorted(LOSS_LEVEL + GRAMIAN_LEVEL + AGGREGATORS) == ours
+    lists = {"loss": LOSS_LEVEL, "gramian": GRAMIAN_LEVEL, "aggregator": AGGREGATORS}
     for name in ours:
         cls = BALANCERS.get(name)
-        family = "gramian" if cls.needs_gramian else "loss"
+        family = _family(cls)
         assert cls.__module__.startswith(f"mtl.balancers.{family}."), (name, cls.__module__)
-        assert name in (LOSS_LEVEL if family == "loss" else GRAMIAN_LEVEL)
+        assert name in lists[family]
+        assert not cls.needs_gradients or cls.needs_gramian, name  # reading gradients: a gradient-level method
+
+
+def test_aggregators_flags_and_sources():
+    for name in AGGREGATORS:
+        cls = BALANCERS.get(name)
+        assert cls.needs_gramian and cls.needs_gradients
+    assert BALANCERS.get("excess_mtl").needs_gradients  # a weighting that keeps per-coordinate statistics
+    assert make("graddrop", 2).source == "representation"
+    assert make("graddrop", 2, source="parameters").source == "parameters"
+    assert make("moco", 2).source == "parameters"
+    with pytest.raises(ValueError, match="source=parameters"):
+        make("moco", 2, source="representation")
 
 
 def test_registry_names_and_flags():
@@ -64,7 +88,7 @@ def test_registry_names_and_flags():
 
 @pytest.mark.parametrize("name", ["log_loss", "initial_loss", "grad_norm_normalized", "uncertainty", "gradnorm",
                                   "dwa", "dtp", "rlw", "famo", "equal", "static", "imtl_l",
-                                  "gls", "stch", "db_mtl"])
+                                  "gls", "stch", "db_mtl", "go4align", "igb"])
 def test_config_files_build(name: str) -> None:
     cfg = default_node("balancer", name)  # what `balancer=<name>` composes
     assert cfg.pop("name") == name
@@ -86,7 +110,17 @@ def test_gramian_config_files_build(name):
     assert torch.isfinite(w).all()
 
 
-@pytest.mark.parametrize("name", sorted(LOSS_LEVEL + GRAMIAN_LEVEL))
+@pytest.mark.parametrize("name", ["excess_mtl", *AGGREGATORS])
+def test_gradient_reading_config_files_build(name):
+    cfg = default_node("balancer", name)  # what `balancer=<name>` composes
+    assert cfg.pop("name") == name
+    bal = build_balancer(name, ["a", "b", "c"], **cfg)
+    jac = rand_jac(3, 5, 0)
+    w = bal.compute(inp_for(jac @ jac.T, tasks=["a", "b", "c"], gradients=jac))
+    assert w.shape == (3,) and torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_LEVEL + GRAMIAN_LEVEL + AGGREGATORS))
 def test_python_defaults_are_the_config_defaults(name: str) -> None:
     """One source of defaults: every key of the config node has the constructor's default value."""
     cfg = default_node("balancer", name)
@@ -120,7 +154,7 @@ def test_misspelled_option_is_named_with_the_accepted_ones(name, kwargs, bad, ac
 
 def _method_modules() -> list[str]:
     out = []
-    for family in ("loss", "gramian"):
+    for family in FAMILIES:
         pkg = importlib.import_module(f"mtl.balancers.{family}")
         for info in pkgutil.iter_modules(pkg.__path__):
             if info.name not in ("base", "linalg") and not info.name.startswith("_"):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mtl.balancers import BalanceInput, Balancer, build_balancer, register_balancer
+from mtl.balancers.aggregator import Aggregation, Aggregator
 from mtl.models.multitask import MultiTaskModel
 from mtl.training.engine import GradientEngine, _store_flat_grads, gramian_of, split_batch
 from tests.helpers import ToyEncoder, random_batch
@@ -231,3 +232,100 @@ def test_model_shapes_per_task(pooling: str) -> None:
     for i, (t, n) in enumerate(TASKS.items()):
         out = model(t, random_batch(7, 5, n, seed=i))
         assert out.shape == (7, n)
+
+
+# ----------------------------------------------------------------------------- gradients and aggregators
+
+
+@register_balancer("_test_fixed_coefficients")
+class FixedCoefficients(Aggregator):
+    """An aggregator with known per-coordinate weights ``C[t, k] = 0.5 + t + (k % 2)``, recording its input."""
+
+    def __init__(self, task_names, as_update: bool = False, **kw):
+        super().__init__(task_names, **kw)
+        self.as_update = as_update
+        self.seen: torch.Tensor | None = None
+
+    @staticmethod
+    def coefficients_for(t: int, d: int) -> torch.Tensor:
+        return 0.5 + torch.arange(t).unsqueeze(1) + (torch.arange(d) % 2).unsqueeze(0).float()
+
+    def aggregation(self, inp: BalanceInput) -> Aggregation:
+        self.seen = inp.gradients.clone()
+        c = self.coefficients_for(*inp.gradients.shape).to(inp.gradients)
+        if self.as_update:
+            return Aggregation(torch.ones(len(inp.tasks)), update=(c * inp.gradients).sum(0) * 1.0)
+        return Aggregation(torch.arange(len(inp.tasks)).float(), coefficients=c)
+
+
+@register_balancer("_test_reads_gradients")
+class ReadsGradients(FixedGramianWeights):
+    """A weighting that reads the task gradients (records them)."""
+
+    needs_gradients = True
+
+    def weights(self, inp: BalanceInput) -> torch.Tensor:
+        self.seen_gradients = inp.gradients.clone()
+        return super().weights(inp)
+
+
+def test_representation_aggregator_weights_every_coordinate_of_each_tasks_representation_gradient() -> None:
+    model, b = make_model(), batches()
+    bal = FixedCoefficients(list(TASKS), source="representation")
+    ref_model = copy.deepcopy(model)
+    res = GradientEngine(model, bal).step(b, 0, 10)
+    # reference: the task's dL/dz (every row) times its row of C, back through the encoder, summed over tasks
+    vecs, total = [], None
+    for t, (task, batch) in enumerate(b.items()):
+        z = ref_model.encode(batch)
+        loss = F.cross_entropy(ref_model.head(task, z), batch["labels"])
+        gz = torch.autograd.grad(loss, z, retain_graph=True)[0]
+        vecs.append(gz.sum(0))
+        c = FixedCoefficients.coefficients_for(len(TASKS), gz.shape[1])[t]
+        g = torch.autograd.grad(z, ref_model.shared_parameters(), grad_outputs=gz * c)
+        total = flat(g) if total is None else total + flat(g)
+    torch.testing.assert_close(bal.seen, torch.stack(vecs), rtol=1e-5, atol=1e-7)  # the Gramian's vectors
+    torch.testing.assert_close(flat([p.grad for p in model.shared_parameters()]), total, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(res.weights, torch.tensor([0.0, 1.0, 2.0]))  # the aggregator's summary
+
+
+def test_representation_aggregator_with_micro_batches_equals_the_full_batch() -> None:
+    grads = {}
+    for k in (1, 3):
+        model = make_model()
+        GradientEngine(model, FixedCoefficients(list(TASKS), source="representation"), accum_steps=k).step(
+            batches(), 0, 10)
+        grads[k] = flat([p.grad for p in model.parameters()])
+    torch.testing.assert_close(grads[3], grads[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("as_update", [False, True])
+def test_parameter_aggregator_update_replaces_the_weighted_sum(as_update: bool) -> None:
+    model, b = make_model(), batches()
+    ref = task_grads(model, b)
+    J = torch.stack([flat(ref[t]) for t in TASKS])
+    c = FixedCoefficients.coefficients_for(*J.shape)
+    for scale in (1.0, 1024.0):  # a loss scale: the aggregator sees true gradients, .grad stays scaled
+        m = make_model()
+        bal = FixedCoefficients(list(TASKS), as_update=as_update, source="parameters")
+        GradientEngine(m, bal, loss_scale=lambda x, s=scale: x * s, scale_value=lambda s=scale: s).step(b, 0, 10)
+        torch.testing.assert_close(bal.seen, J, rtol=1e-5, atol=1e-7)
+        got = flat([p.grad for p in m.shared_parameters()]) / scale
+        torch.testing.assert_close(got, (c * J).sum(0), rtol=1e-5, atol=1e-6)
+        for t, batch in b.items():  # heads keep their own task's gradient (scaled like the loss)
+            loss = F.cross_entropy(model(t, batch), batch["labels"])
+            hg = torch.autograd.grad(loss, model.head_parameters(t))
+            for p, g in zip(m.head_parameters(t), hg, strict=True):
+                torch.testing.assert_close(p.grad / scale, g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("source", ["representation", "parameters"])
+def test_a_weighting_that_reads_gradients_gets_them(source: str) -> None:
+    model, b = make_model(), batches()
+    bal = ReadsGradients(list(TASKS), source=source)
+    GradientEngine(model, bal).step(b, 0, 10)
+    g = bal.seen_gradients
+    assert g.dtype == torch.float32 and g.shape[0] == 3
+    torch.testing.assert_close((g.double() @ g.double().T), bal.seen, rtol=1e-5, atol=1e-8)  # its Gramian
+    plain = FixedGramianWeights(list(TASKS), source=source)
+    assert not plain.needs_gradients

@@ -88,8 +88,8 @@ def test_bench_balancers_writes_ratios(fixture_data_root: Path, tmp_path: Path) 
     bench = load_script("bench_balancers")
     out = tmp_path / "bench.json"
     argv = [
-        "--encoder", "tiny_random", "--data-root", str(fixture_data_root), "--representation", "mgda_ub,pcgrad",
-        "--parameters", "mgda", "--warmup", "1", "--steps", "2", "--equal-every", "2",
+        "--encoder", "tiny_random", "--data-root", str(fixture_data_root), "--loss", "", "--representation",
+        "mgda_ub,pcgrad", "--parameters", "mgda", "--warmup", "1", "--steps", "2", "--equal-every", "2",
         "--out", str(out),
     ]  # fmt: skip
     threads = torch.get_num_threads()
@@ -98,7 +98,7 @@ def test_bench_balancers_writes_ratios(fixture_data_root: Path, tmp_path: Path) 
     data = json.loads(out.read_text(encoding="utf-8"))
     results = {r["method"]: r for r in data["results"]}
     assert list(results) == ["equal", "equal#2", "mgda_ub@representation", "pcgrad@representation", "mgda@parameters"]
-    assert data["targets"] == {"representation": 1.15, "parameters": 3.5}
+    assert data["targets"] == {"loss": 1.05, "representation": 1.05, "parameters": 1.15}
     assert data["setup"]["timed_steps"] == 2 and data["setup"]["equal_every"] == 2
     assert "mtl/training/engine.py" in data["setup"]["source_sha1"]
     assert data["command"] == "python scripts/bench_balancers.py " + " ".join(argv)
@@ -117,8 +117,37 @@ def test_bench_balancers_writes_ratios(fixture_data_root: Path, tmp_path: Path) 
         assert sweep[0] == "equal" and sweep[-1] == "equal"
     assert results["equal"]["ratio_to_equal"] == pytest.approx(1.0)
     assert results["equal"]["target"] is None and results["equal"]["meets_target"] is None
-    assert results["mgda_ub@representation"]["target"] == 1.15
-    assert results["mgda@parameters"]["target"] == 3.5
+    assert results["mgda_ub@representation"]["target"] == 1.05
+    assert results["mgda@parameters"]["target"] == 1.15
+    assert results["mgda@parameters"]["jacobian_mb"] > 0 and results["mgda_ub@representation"]["jacobian_mb"] == 0
     assert results["mgda@parameters"]["source"] == "parameters"
     # the balancer's solver ran inside the timed steps of the gradient methods only
     assert results["mgda_ub@representation"]["solver_ms_median"] > 0
+
+
+def test_bench_balancers_times_every_method_by_default_and_the_new_ones(fixture_data_root: Path, tmp_path: Path) -> None:
+    bench = load_script("bench_balancers")
+    loss, rep, par = bench.registered("loss"), bench.registered("representation"), bench.registered("parameters")
+    assert {"go4align", "igb", "stch"} <= set(loss) and "equal" not in loss
+    assert {"graddrop", "excess_mtl", "mgda_ub", "upgrad"} <= set(rep) and not {"moco", "mgda"} & set(rep)
+    assert {"graddrop", "excess_mtl", "moco", "mgda"} <= set(par) and "mgda_ub" not in par
+    out = tmp_path / "bench_new.json"
+    argv = [
+        "--encoder", "tiny_random", "--data-root", str(fixture_data_root), "--no-control", "--loss", "go4align,igb",
+        "--representation", "graddrop,excess_mtl", "--parameters", "moco,graddrop,excess_mtl", "--warmup", "1",
+        "--steps", "1", "--equal-every", "3", "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    results = {r["method"]: r for r in json.loads(out.read_text(encoding="utf-8"))["results"]}
+    assert list(results) == ["equal", "go4align@loss", "igb@loss", "graddrop@representation",
+                             "excess_mtl@representation", "moco@parameters", "graddrop@parameters",
+                             "excess_mtl@parameters"]
+    assert results["go4align@loss"]["target"] == 1.05 and results["go4align@loss"]["source"] == "loss"
+    for r in results.values():
+        assert finite(r["ratio_to_equal"]) and r["ratio_to_equal"] > 0
+        assert r["solver_ms_median"] > 0 or r["method"] == "equal"  # an aggregator's aggregate is timed too
+    # the state a method keeps: MoCo's tracked gradients and ExcessMTL's squares are T x P on the parameters
+    jac = results["moco@parameters"]["jacobian_mb"]
+    assert jac > 0 and results["moco@parameters"]["balancer_state_mb"] >= jac
+    assert results["excess_mtl@parameters"]["balancer_state_mb"] >= jac
+    assert results["graddrop@representation"]["balancer_state_mb"] < 0.01

@@ -34,3 +34,23 @@ def record_first_losses(first: Tensor, seen: Tensor, idx: Tensor, losses: Tensor
     if bool(new.any()):
         first[idx[new]] = losses[new]
         seen[idx[new]] = True
+
+
+class LazyBuffersMixin:
+    """Buffers whose shape is known only at the first step (per-coordinate statistics ``[T, D]``).
+
+    They are registered empty in ``__init__`` (so ``.to(device)`` moves them and ``state_dict`` holds them),
+    allocated at the first step, and re-shaped to the checkpoint's shape on load (``load_state_dict`` would
+    otherwise refuse an empty buffer against a filled one). List their names in ``lazy_buffers``; put the
+    mixin before :class:`~mtl.balancers.base.Balancer` in the bases.
+    """
+
+    lazy_buffers: tuple[str, ...] = ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for name in self.lazy_buffers:
+            value = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if value is not None and current.shape != value.shape:
+                setattr(self, name, torch.empty(value.shape, dtype=current.dtype, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]

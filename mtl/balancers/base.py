@@ -16,6 +16,15 @@ One optimisation step, as the trainer drives it::
     optimizer.step()
     balancer.after_optimizer_step()     # idem (a skipped non-finite step calls neither hook)
 
+Weightings and aggregators (torchjd's split). Everything above is a *weighting*: the update is
+``sum_t w_t g_t``. A method may also read the task gradients themselves (``needs_gradients``: the
+``T x D`` matrix ``BalanceInput.gradients``, on the shared representation or on all shared parameters),
+either to keep per-coordinate statistics and still return weights (``excess_mtl``), or because its
+update is not a weighting of this step's gradients at all: an *aggregator*
+(:class:`mtl.balancers.aggregator.base.Aggregator`: ``graddrop``, ``moco``), which returns the combined
+update (or per-coordinate weights) instead of ``T`` weights. The engine still does one backward per
+task graph either way.
+
 Options: :func:`balancer_options` lists what a class's constructor accepts (walking ``**kwargs`` up to
 :class:`Balancer`) and :func:`mtl.balancers.build_balancer` names a misspelled one.
 """
@@ -50,6 +59,11 @@ class BalanceInput:
     gramian: Tensor | None = None  # [len(tasks), len(tasks)] when ``needs_gramian``
     #: for each task in ``tasks``: (correct predictions, rows) of this step's batches, summed over ranks
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: [len(tasks), D] the task gradients themselves (rows in the order of ``tasks``, float32, true scale,
+    #: on the model's device) when ``needs_gradients``: on the representation the task vectors the Gramian
+    #: is made of (``D`` = hidden size), on the parameters the Jacobian (``D`` = shared parameters). Valid
+    #: during ``compute`` only: it may be a view of a buffer the engine reuses next step (copy what you keep).
+    gradients: Tensor | None = None
 
 
 class Balancer(nn.Module):
@@ -75,6 +89,9 @@ class Balancer(nn.Module):
     #: True for Gramian-level methods: the trainer must compute the Gramian of task gradients,
     #: which needs one batch of every task in the same step.
     needs_gramian: ClassVar[bool] = False
+    #: True when the method reads the task gradients themselves (``BalanceInput.gradients``), not only
+    #: their Gramian; it is a gradient-level method, so ``needs_gramian`` is True as well.
+    needs_gradients: ClassVar[bool] = False
     #: Where Gramian-level methods take task gradients when ``source`` is ``None``.
     default_source: ClassVar[GradientSource] = "representation"
     #: True when the constructor itself takes arbitrary extra keyword options (torchjd's aggregator
@@ -129,6 +146,8 @@ class Balancer(nn.Module):
         """Validate and record the weights for ``inp`` (kept as ``last_input``); what the trainer calls."""
         if self.needs_gramian and inp.gramian is None:
             raise ValueError(f"balancer {self.registry_name!r} needs the Gramian of task gradients")
+        if self.needs_gradients and inp.gradients is None:
+            raise ValueError(f"balancer {self.registry_name!r} needs the task gradients (BalanceInput.gradients)")
         self.last_input = inp
         w = self.weights(inp)
         if w.shape != (len(inp.tasks),):

@@ -15,6 +15,13 @@ Three ways, one "weights" contract (see ``mtl.balancers.base``):
   into a row of ``J``; ``G = J J^T``; the shared update is ``w @ J``. ``J`` lives in a buffer the
   engine keeps from step to step (no fresh ``T x P`` allocation per step, see ``_jacobian``).
 
+Aggregators (``mtl.balancers.aggregator``: GradDrop, MoCo) and methods that read the task gradients
+themselves (``needs_gradients``: ExcessMTL) get them as ``BalanceInput.gradients``: the ``T x H`` task
+vectors on the representation, the (unscaled) Jacobian on the parameters. An aggregator's update is not a
+weighting: on the representation it returns per-coordinate weights ``C`` and each task's representation
+gradient is multiplied by its row of ``C`` before the one encoder backward (every micro-batch's graph is
+then kept until ``C`` is known); on the parameters its update replaces ``w @ J``.
+
 Task-specific heads always keep their own task's (unweighted) gradient in the gradient modes.
 Losses may be scaled (fp16 ``GradScaler``): gradients are unscaled before the Gramian so
 balancers see true task gradients. Under ``torch.distributed`` each task's gradient vector
@@ -47,6 +54,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mtl.balancers.aggregator.base import Aggregation, Aggregator
 from mtl.balancers.base import BalanceInput, Balancer
 from mtl.models.multitask import MultiTaskModel
 from mtl.training import distributed as mdist
@@ -276,8 +284,10 @@ class GradientEngine:
         total = sum(sizes)
         return [n / total for n in sizes]
 
-    def _input(self, tally: _Tally, step: int, max_steps: int, gramian: Tensor | None = None) -> BalanceInput:
-        """The balancer's input: losses averaged and (correct, rows) counts summed over ranks."""
+    def _input(self, tally: _Tally, step: int, max_steps: int, gramian: Tensor | None = None,
+               gradients: Tensor | None = None) -> BalanceInput:
+        """The balancer's input: losses averaged and (correct, rows) counts summed over ranks (the task
+        gradients only for a balancer that reads them)."""
         tasks, losses, corrects, counts = tally.tasks, tally.losses, tally.corrects, tally.counts
         stats = torch.stack(
             [
@@ -298,8 +308,16 @@ class GradientEngine:
             max_steps=max_steps,
             gramian=gramian,
             counts={t: (int(stats[i, 1]), int(stats[i, 2])) for i, t in enumerate(tasks)},
+            gradients=gradients if self.balancer.needs_gradients else None,
         )
         return inp
+
+    def _balance(self, inp: BalanceInput) -> tuple[Tensor, Aggregation | None]:
+        """The step's weights (detached); for an aggregator its summary weights and the aggregation."""
+        if isinstance(self.balancer, Aggregator):
+            agg = self.balancer.aggregate(inp)
+            return agg.weights, agg
+        return self.balancer.compute(inp).detach(), None
 
     # ------------------------------------------------------------------ loss weighting
     def _loss_mode(self, micro, step, max_steps) -> StepResult:
@@ -349,7 +367,8 @@ class GradientEngine:
 
     # ------------------------------------------------------------------ representation gradients
     def _representation_mode(self, micro, step, max_steps) -> StepResult:
-        single = all(len(m) == 1 for m in micro.values())
+        # an aggregator's per-coordinate weights act before the encoder backward: keep every graph until known
+        single = all(len(m) == 1 for m in micro.values()) or isinstance(self.balancer, Aggregator)
         shared = self.model.shared_parameters()
         base = {} if single else _take_grads(shared)
         tally = _Tally()
@@ -370,7 +389,7 @@ class GradientEngine:
                 tally.add(loss, c, frac, batch_rows(mb))
                 if single:  # keep the graph: one weighted encoder backward once the weights are known
                     reps.append(zs)
-                    rep_grads.append(gzs)
+                    rep_grads.append((len(vectors), gzs))  # (the task's row, its gradients)
                 else:  # backward now (this chunk's activations are freed), weight the task's sum later
                     torch.autograd.backward(zs, gzs)
             if not single:
@@ -379,12 +398,18 @@ class GradientEngine:
         vectors_t = torch.stack(vectors) / self.scale_value()  # [T, H], unscaled
         vectors_t = mdist.all_reduce_(vectors_t, "mean")
         gramian = gramian_of(vectors_t)
-        inp = self._input(tally, step, max_steps, gramian)
-        w = self.balancer.compute(inp).detach()
+        inp = self._input(tally, step, max_steps, gramian, vectors_t)
+        w, agg = self._balance(inp)
         weights = [float(x) for x in w.cpu().tolist()]
         if single:
             flat_reps = [z for zs in reps for z in zs]
-            grads = [g * wt for gzs, wt in zip(rep_grads, weights, strict=True) for g in gzs]
+            if agg is None:
+                grads = [g * weights[t] for t, gzs in rep_grads for g in gzs]
+            elif agg.coefficients is None:
+                raise ValueError(f"balancer {self.balancer.registry_name!r} gave no per-coordinate weights: "
+                                 "it cannot run on the representation")
+            else:  # an aggregator: its row of per-coordinate weights, broadcast over the task's batch rows
+                grads = [g * agg.coefficients[t].to(g.dtype) for t, gzs in rep_grads for g in gzs]
             torch.autograd.backward(flat_reps, grads)
         else:
             _combine(shared, stashes, weights, base)
@@ -412,9 +437,14 @@ class GradientEngine:
         scale = self.scale_value()
         jac = mdist.all_reduce_(jac, "mean")
         gramian = gramian_of(jac) / (scale * scale)
-        inp = self._input(tally, step, max_steps, gramian)
-        w = self.balancer.compute(inp).detach()
-        update = w.to(device=device, dtype=jac.dtype) @ jac  # still scaled like the losses
+        unscale = self.balancer.needs_gradients and scale != 1.0
+        if unscale:
+            jac.div_(scale)  # the balancer reads true gradients (the buffer is rewritten next step)
+        inp = self._input(tally, step, max_steps, gramian, jac)
+        w, agg = self._balance(inp)
+        update = w.to(device=device, dtype=jac.dtype) @ jac if agg is None else agg.combined(jac)  # loss scale
+        if unscale:
+            update = update * scale  # back to the loss scale, like the head gradients
         offset = 0
         for p in shared:
             n = p.numel()

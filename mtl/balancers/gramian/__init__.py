@@ -21,6 +21,7 @@ parameters. One module per method:
 ``dualproj``           the mean projected onto the dual cone (Quinton & Rey 2024)
 ``fairgrad``           alpha-fair allocation, ``G w = w^(-1/alpha)`` (Ban & Ji 2024)
 ``conflictfree``       ConFIG, equal cosine to every gradient (Liu, Chu & Thuerey 2025)
+``excess_mtl``         weights raised by the excess risk (He et al. 2024): reads the task gradients
 ``torchjd``            any torchjd aggregator/weighting (Quinton & Rey 2024), :mod:`.torchjd_adapter`
 =====================  ===================================================================
 
@@ -34,6 +35,7 @@ from mtl.balancers.gramian import (  # noqa: F401  (each module registers its me
     conflictfree,
     db_mtl,
     dualproj,
+    excess_mtl,
     fairgrad,
     grad_norm_normalized,
     gradnorm,
@@ -53,6 +55,7 @@ from mtl.balancers.gramian.cagrad import CAGrad
 from mtl.balancers.gramian.conflictfree import ConFIG
 from mtl.balancers.gramian.db_mtl import DBMTL
 from mtl.balancers.gramian.dualproj import DualProj
+from mtl.balancers.gramian.excess_mtl import ExcessMTL
 from mtl.balancers.gramian.fairgrad import FairGrad
 from mtl.balancers.gramian.grad_norm_normalized import GradNormNormalized
 from mtl.balancers.gramian.gradnorm import GradNorm
@@ -72,6 +75,7 @@ __all__ = [
     "ConFIG",
     "DBMTL",
     "DualProj",
+    "ExcessMTL",
     "FairGrad",
     "GradNorm",
     "GradNormNormalized",

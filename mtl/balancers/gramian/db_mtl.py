@@ -22,8 +22,9 @@ Deviations from the official code:
 * **No gradient EMA.** The official code balances an exponential moving average of the log-loss
   gradients, ``h~ <- h + beta / k^sigma (h~ - h)`` (``DB_beta = 0.9``, ``DB_beta_sigma = 0``), kept as full
   gradient vectors; the balancer sees only this step's Gramian, which carries no inner products with past
-  gradients, so this is the ``beta = 0`` variant (the current step's gradients). An EMA needs the trainer to
-  keep per-task gradient buffers (a contract change).
+  gradients, so this is the ``beta = 0`` variant (the current step's gradients). With the EMA the update is
+  built from past gradients, no longer a weighting of this step's: an aggregator (``mtl.balancers.aggregator``,
+  parameters source only, with a ``T x P`` buffer, as ``moco``), not implemented.
 * Gradients on the shared representation by default (LibMTL refuses ``rep_grad`` for DB-MTL);
   ``source=parameters`` is the official setting.
 """

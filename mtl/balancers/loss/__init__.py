@@ -15,6 +15,8 @@ They cost nothing beyond the forward/backward of an ``equal`` step and work with
     imtl_l         exp(s_i), objective sum_i exp(s_i) L_i - s_i               (Liu et al. 2021, IMTL-L)
     gls            (prod_j L_j)^(1/T) / (T L_i): the geometric mean's gradient (Chennupati et al. 2019)
     stch           T softmax(log(L/n)/mu)_i / L_i after a log-loss warm-up  (Lin et al. 2024)
+    go4align       group means of (sum_j L_j / L_i) p_i, p <- p exp(-eta L)   (Shen et al. 2024)
+    igb            T softmax(L/b)_i / L_i after a log-loss warm-up, b base losses (Dai et al. 2023, IGBv1)
 
 One module per method; conventions of the stateful ones in :mod:`mtl.balancers._common`.
 """
@@ -25,6 +27,8 @@ from mtl.balancers.loss import (  # noqa: F401  (each module registers its metho
     equal,
     famo,
     gls,
+    go4align,
+    igb,
     imtl_l,
     initial_loss,
     log_loss,
@@ -38,6 +42,8 @@ from mtl.balancers.loss.dwa import DynamicWeightAverage
 from mtl.balancers.loss.equal import Equal
 from mtl.balancers.loss.famo import FAMO
 from mtl.balancers.loss.gls import GeometricLossStrategy
+from mtl.balancers.loss.go4align import GO4Align
+from mtl.balancers.loss.igb import ImprovableGapBalancing
 from mtl.balancers.loss.imtl_l import IMTLL
 from mtl.balancers.loss.initial_loss import InitialLoss
 from mtl.balancers.loss.log_loss import LogLoss
@@ -52,6 +58,8 @@ __all__ = [
     "Equal",
     "FAMO",
     "GeometricLossStrategy",
+    "GO4Align",
+    "ImprovableGapBalancing",
     "IMTLL",
     "InitialLoss",
     "LogLoss",
