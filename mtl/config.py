@@ -10,7 +10,9 @@ structured configs registered here in Hydra's ConfigStore (the fairseq way):
   ``balancer=uncertainty`` on the command line build the same object).
 
 The nodes are typed, so ``trainer.max_steps=abc`` or ``balancer.lrr=1`` fail at composition, before any
-data is read, naming the key. Presets (``encoder/``, ``tasks/``, ``experiment/``, ``logger/``) stay YAML.
+data is read, naming the key. Presets (``encoder/``, ``tasks/``, ``experiment/``, ``logger/``) stay YAML; the
+``model/`` presets (``model=scalar_mix``, ``model=lora``, ...) are YAML files on top of ``model/default``
+(``defaults: [default, _self_]``).
 :func:`register_configs` runs before Hydra composes (``mtl-train``; tests composing by hand call it).
 """
 
@@ -90,6 +92,14 @@ def group_node(settings_cls: type, keys: Iterable[str], title: str) -> type:
     return make_dataclass(title, specs)
 
 
+def model_node(settings_cls: type) -> Any:
+    """The ``model/default`` node: :class:`mtl.models.multitask.ModelSettings`, its ``heads`` open to new keys so
+    that ``model.heads.<task>.kind=bilstm`` works without a ``+`` (the model refuses unknown tasks and keys)."""
+    node = OmegaConf.structured(settings_cls)
+    OmegaConf.set_struct(node.heads, False)
+    return node
+
+
 def register_configs() -> None:
     """Register the code-defined groups in Hydra's ConfigStore (idempotent)."""
     global _registered
@@ -110,7 +120,7 @@ def register_configs() -> None:
     cs.store(group="optim", name="adafactor", node=optim_node(optimizer="adafactor"))  # the same keys
     cs.store(group="trainer", name="default", node=group_node(TrainerSettings, trainer_keys, "TrainerConfig"))
     cs.store(group="data", name="default", node=DataSettings)
-    cs.store(group="model", name="default", node=ModelSettings)
+    cs.store(group="model", name="default", node=model_node(ModelSettings))
     for name in BALANCERS.names():
         cs.store(group="balancer", name=name, node=node_for_class("balancer", name, BALANCERS.get(name)))
     for name in SAMPLERS.names():

@@ -220,3 +220,16 @@ def test_bench_tricks(tmp_path: Path) -> None:
                                   "adafactor"}
     assert data["train"]["plain"]["step_cost_ratio_to_plain"] == pytest.approx(1.0)
     assert all(positive(v["step_cost_ratio_to_plain"]) for v in data["train"].values())
+
+
+def test_bench_structures(tmp_path: Path) -> None:
+    argv = ["--encoder", "tiny_random", "--steps", "2", "--block", "1", "--warmup-steps", "1", "--batch-size", "4",
+            "--max-length", "32", "--train-per-task", "48", "--threads", "1"]  # fmt: skip
+    data = run_main("bench_structures", argv, tmp_path / "structures.json")
+    assert data["benchmark"] == "structures" and list(data["train"])[0] == "baseline"
+    assert set(data["train"]) == {"baseline", "scalar_mix", "concat_layers", "attention_pooling", "bilstm_heads",
+                                  "cnn_heads", "adapters", "lora", "private_top2"}
+    assert data["train"]["baseline"]["step_cost_ratio_to_baseline"] == pytest.approx(1.0)
+    assert all(positive(v["step_cost_ratio_to_baseline"]) for v in data["train"].values())
+    assert data["structures"]["baseline"]["estimated_cost_ratio"] == pytest.approx(1.0)
+    assert data["structures"]["private_top2"]["parameters"]["tasks"]["tnews"]["private"] > 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mtl.models.multitask import MultiTaskModel
+from mtl.models.multitask import MultiTaskModel, build_multitask
 from mtl.utils.device import resolve_device
 from mtl.utils.files import load_checkpoint_file
 
@@ -101,7 +101,9 @@ def _build_encoder(ckpt_dir: Path, state: Mapping[str, Any], config: Mapping[str
     enc_cfg = dict(config.get("encoder") or {})
     if enc_dir.is_dir() and tok_dir.is_dir():
         model_cfg = AutoConfig.from_pretrained(enc_dir)
-        has_pooler = any(k.startswith("encoder.pooler.") for k in state)
+        # a pooler in the encoder, or copied into the tasks' private top layers (model.sharing=private_top)
+        has_pooler = any(k.startswith("encoder.pooler.") or (k.startswith("private.") and ".pooler." in k)
+                         for k in state)
         kwargs = {} if has_pooler else {"add_pooling_layer": False}
         try:
             encoder = AutoModel.from_config(model_cfg, **kwargs)
@@ -134,15 +136,11 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedCheckpoint:
     config: dict[str, Any] = state["config"]
     labels = {t: [str(x) for x in v] for t, v in state["labels"].items()}
     encoder, tokenizer = _build_encoder(ckpt_path.parent, sd, config)
-    enc_cfg = config.get("encoder") or {}
-    model_cfg = config.get("model") or {}
-    model = MultiTaskModel(
-        encoder,
-        {t: len(v) for t, v in labels.items()},
-        pooling=enc_cfg.get("pooling", "cls"),
-        head=model_cfg.get("head", "linear"),
-        dropout=float(model_cfg.get("dropout", 0.0)),
-    )
+    enc_cfg = dict(config.get("encoder") or {})
+    model_cfg = dict(config.get("model") or {})
+    # the run's structure (features, heads, sharing) from its saved config; older configs: the defaults
+    model = build_multitask(encoder, {t: len(v) for t, v in labels.items()}, model_cfg,
+                            {"pooling": enc_cfg.get("pooling", "cls"), "max_length": enc_cfg.get("max_length")})
     from mtl.models.vocab_trim import restore_trimmed_embeddings
 
     restore_trimmed_embeddings(model, sd)  # a run with encoder.trim_vocab=true saved a smaller embedding

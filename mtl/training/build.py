@@ -33,7 +33,7 @@ from mtl.data.batching import LengthSortedSampler, TaskBatchSampler, TaskStream
 from mtl.data.loading import collate_for, is_multi_label, load_task, tokenize_split
 from mtl.evaluation.decision import DecisionSettings
 from mtl.models.encoder import load_encoder
-from mtl.models.multitask import MultiTaskModel
+from mtl.models.multitask import MultiTaskModel, build_multitask
 from mtl.samplers import SAMPLERS, TaskSampler
 from mtl.training.trainer import TrainerSettings
 from mtl.utils.device import resolve_device
@@ -158,13 +158,14 @@ def build_model(
     cfg: DictConfig, encoder: torch.nn.Module, num_labels: Mapping[str, int],
     class_counts: Mapping[str, list[int]] | None = None,
 ) -> MultiTaskModel:
-    """The shared encoder with one head per task (``cfg.model``; pooling from ``cfg.encoder``) and each task's
-    training loss (``cfg.loss``, a task's ``tasks.<t>.loss`` over it; class-aware losses need ``class_counts``)."""
-    model = MultiTaskModel(
-        encoder, dict(num_labels), pooling=cfg.encoder.pooling, head=cfg.model.head, dropout=float(cfg.model.dropout),
-        dropout_samples=int(cfg.model.get("dropout_samples", 1)),
-    )
+    """The shared encoder with one head per task (``cfg.model``: features, heads, sharing; the default pooling and
+    ``max_length`` from ``cfg.encoder``) and each task's training loss (``cfg.loss``, a task's ``tasks.<t>.loss``
+    over it; class-aware losses need ``class_counts``). Logs the structure: its shared representation, the
+    shared and per-task parameter counts and the estimated step cost (``MultiTaskModel.describe``)."""
+    enc = {"pooling": cfg.encoder.pooling, "max_length": int(cfg.encoder.max_length)}
+    model = build_multitask(encoder, dict(num_labels), _options(cfg.model, drop=()), enc)
     model.set_losses(build_losses(cfg, num_labels, class_counts))
+    log.info("%s", model.describe())
     return model
 
 

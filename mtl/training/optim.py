@@ -73,8 +73,9 @@ def build_optimizer(
     layer_decay: float | None = None,
     optimizer: str = "adamw",
 ) -> torch.optim.Optimizer:
-    """Encoder at ``lr`` (per layer with ``layer_decay``), heads at ``head_lr`` (default ``lr``), balancer
-    parameters at their own lr; ``optimizer``: ``adamw`` (``betas``, ``eps``, ``fused``) or ``adafactor``."""
+    """Encoder at ``lr`` (per layer with ``layer_decay``; LoRA matrices inside it alike), the tasks' private
+    encoder parts (``model.private``: private top layers, adapters) at ``lr``, heads at ``head_lr`` (default
+    ``lr``), balancer parameters at their own lr; ``optimizer``: ``adamw`` (``betas``, ``eps``, ``fused``) or ``adafactor``."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optim.optimizer={optimizer}: choose one of {', '.join(OPTIMIZERS)}")
     if layer_decay is not None and not 0.0 < float(layer_decay) <= 1.0:
@@ -99,8 +100,13 @@ def build_optimizer(
             enc_groups += [(dec, lr * scale, weight_decay, f"encoder@{scale:.4g}"),
                            (no, lr * scale, 0.0, f"encoder_no_decay@{scale:.4g}")]
     head_decay, head_no = _split_decay(model.heads)
+    # per-task private encoder parts (private top layers, adapters; model.sharing) train like the encoder
+    private = getattr(model, "private", None)
+    priv_decay, priv_no = _split_decay(private) if private is not None else ([], [])
     for params, group_lr, wd, name in (
         *enc_groups,
+        (priv_decay, lr, weight_decay, "private"),
+        (priv_no, lr, 0.0, "private_no_decay"),
         (head_decay, hl, weight_decay, "heads"),
         (head_no, hl, 0.0, "heads_no_decay"),
     ):

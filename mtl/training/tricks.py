@@ -3,10 +3,12 @@
 The engine (:mod:`mtl.training.engine`) computes a task's loss in two steps, so that every balancer and
 gradient mode keeps working whatever the objective:
 
-1. :func:`task_reps`: the shared representations the task's loss reads, one tensor ``[B, H]`` per encoder
+1. :func:`task_reps`: the shared representations the task's loss reads, one tensor ``[B, D]`` per encoder
    pass — one pass normally; two for R-Drop (two dropout masks); the clean pass and the adversarial pass for
-   FGM/PGD (the perturbation is found here and is a constant afterwards);
-2. :func:`task_loss_from`: the task's loss from those representations through its head.
+   FGM/PGD (the perturbation is found here and is a constant afterwards). The pass is
+   ``model.encode(batch, task)``: per-task adapters or LoRA make it depend on the task;
+2. :func:`task_loss_from`: the task's loss from those representations through its head
+   (``model.head(task, z, batch)``: token-level heads read the batch's attention mask).
 
 Gradient balancers that work on the shared representation take the task's gradient on every one of its
 representations (summed over passes and rows); the others see the loss as a plain scalar. The extra
@@ -128,7 +130,7 @@ def _project(r: Tensor, eps: float) -> Tensor:
 def _embedding_grad(model: nn.Module, task: str, batch: Mapping[str, Tensor], z: Tensor, hook: _EmbeddingHook,
                     retain: bool) -> Tensor:
     """``∇_e ℓ`` of the task's loss on representation ``z``, through the hook's ``delta`` (no parameter grads)."""
-    loss = model.task_loss(task, model.head(task, z).float(), batch["labels"])  # type: ignore[operator]
+    loss = model.task_loss(task, model.head(task, z, batch).float(), batch["labels"])  # type: ignore[operator]
     assert hook.delta is not None
     (g,) = torch.autograd.grad(loss, hook.delta, retain_graph=retain)
     return g
@@ -138,9 +140,9 @@ def task_reps(model: nn.Module, task: str, batch: Mapping[str, Tensor], tricks: 
     """The task's shared representations: ``[encode(batch)]``; R-Drop: two passes; FGM/PGD: the clean pass
     and the pass with the adversarial perturbation ``r`` of the word embeddings (a constant)."""
     if tricks.adversarial is None:
-        return [model.encode(batch) for _ in range(tricks.passes)]  # type: ignore[operator]
+        return [model.encode(batch, task) for _ in range(tricks.passes)]  # type: ignore[operator]
     with _hooked(model) as hook:
-        z_clean = model.encode(batch)  # type: ignore[operator]
+        z_clean = model.encode(batch, task)  # type: ignore[operator]
         g = _embedding_grad(model, task, batch, z_clean, hook, retain=True)  # the clean graph is trained on
         if tricks.adversarial == "fgm":
             r = tricks.adv_epsilon * _unit(g)
@@ -150,9 +152,9 @@ def task_reps(model: nn.Module, task: str, batch: Mapping[str, Tensor], tricks: 
                 r = _project(r + tricks.adv_alpha * _unit(g), tricks.adv_epsilon)
                 if k + 1 < int(tricks.adv_steps):  # the gradient at the perturbed point, for the next step
                     hook.delta = r.detach().requires_grad_(True)
-                    g = _embedding_grad(model, task, batch, model.encode(batch), hook, retain=False)  # type: ignore[operator]
+                    g = _embedding_grad(model, task, batch, model.encode(batch, task), hook, retain=False)  # type: ignore[operator]
         hook.delta = r.detach()
-        z_adv = model.encode(batch)  # type: ignore[operator]
+        z_adv = model.encode(batch, task)  # type: ignore[operator]
     return [z_clean, z_adv]
 
 
@@ -178,12 +180,12 @@ def task_loss_from(model: nn.Module, task: str, reps: list[Tensor], batch: Mappi
     """The task's training loss from its representations (see the module docstring) and the number of
     correct predictions of the first (clean) pass."""
     labels = batch["labels"]
-    logits = [model.head(task, z) for z in reps]  # type: ignore[operator]
+    logits = [model.head(task, z, batch) for z in reps]  # type: ignore[operator]
     losses = [model.task_loss(task, z.float(), labels) for z in logits]  # type: ignore[operator]
     k = int(getattr(model, "dropout_samples", 1))
     if k > 1 and model.training:  # multi-sample dropout: the loss averaged over k dropout masks of the head
         losses = [
-            (loss + sum(model.task_loss(task, model.head(task, z).float(), labels) for _ in range(k - 1))) / k  # type: ignore[operator]
+            (loss + sum(model.task_loss(task, model.head(task, z, batch).float(), labels) for _ in range(k - 1))) / k  # type: ignore[operator]
             for loss, z in zip(losses, reps, strict=True)
         ]
     if tricks.adversarial is not None:

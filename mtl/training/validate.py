@@ -53,8 +53,9 @@ class RunDirError(ValueError):
 # ---------------------------------------------------------------------------------------------------- config
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-POOLINGS = ("cls", "mean", "pooler")
-HEADS = ("linear", "mlp")
+POOLINGS = ("cls", "mean", "max", "pooler", "attention")  # mtl.models.heads.POOLINGS
+HEADS = ("linear", "mlp", "bilstm", "bigru", "cnn")  # mtl.models.heads.HEAD_KINDS
+SHARINGS = ("hard", "private_top", "adapters", "lora")  # mtl.models.sharing.SHARINGS
 BAD_ROW = ("error", "skip")
 
 
@@ -149,6 +150,7 @@ def validate_config(cfg: DictConfig) -> None:
     need("data.on_bad_row", str(_get(cfg, "data.on_bad_row")) in BAD_ROW, f"choose one of {BAD_ROW}")
     finite("model.dropout", high=1.0)
     need("model.head", str(_get(cfg, "model.head")) in HEADS, f"choose one of {HEADS}")
+    problems.extend(_model_problems(cfg, list(tasks or {})))
     positive_int("encoder.max_length")
     need("encoder.pooling", str(_get(cfg, "encoder.pooling")) in POOLINGS, f"choose one of {POOLINGS}")
     if _get(cfg, "decision") is not None:
@@ -164,6 +166,65 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"{problems[0]}{more}")
     check_pairing(cfg)
     check_task_losses(cfg)
+
+
+def _model_problems(cfg: Any, tasks: list[str]) -> list[str]:
+    """The structure options of ``model`` (docs/structures.md) that can be checked without the encoder: the
+    sharing, the poolings and layer choices, the sizes, and ``model.heads.<task>`` naming run tasks and
+    known keys (layer indices are checked against the encoder when the model is built)."""
+    from mtl.models.multitask import HEAD_KEYS, LAYER_CHOICES
+
+    out: list[str] = []
+
+    def layer_ok(v: Any) -> bool:
+        return v in LAYER_CHOICES or (isinstance(v, int) and not isinstance(v, bool))
+
+    def pos(key: str, v: Any, optional: bool = False) -> None:
+        if v is None and optional:
+            return
+        if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+            out.append(f"{key}={'null' if v is None else v}: must be a positive integer")
+
+    if _get(cfg, "model") is None:
+        return out
+    sharing = _get(cfg, "model.sharing")
+    if sharing is not None and sharing not in SHARINGS:
+        out.append(f"model.sharing={sharing}: choose one of {SHARINGS}")
+    pooling = _get(cfg, "model.pooling")
+    if pooling is not None and pooling not in POOLINGS:
+        out.append(f"model.pooling={pooling}: choose null (the encoder's) or one of {POOLINGS}")
+    layer = _get(cfg, "model.layer")
+    if layer is not None and not layer_ok(layer):
+        out.append(f"model.layer={layer}: choose one of {LAYER_CHOICES} or a layer index")
+    for key in ("concat_layers", "private_layers", "adapter_size", "lora_r"):
+        if _get(cfg, f"model.{key}") is not None:
+            pos(f"model.{key}", _get(cfg, f"model.{key}"))
+    pos("model.head_hidden", _get(cfg, "model.head_hidden"), optional=True)
+    placement = _get(cfg, "model.adapter_placement")
+    if placement is not None and placement not in ("pfeiffer", "houlsby"):
+        out.append(f"model.adapter_placement={placement}: choose pfeiffer or houlsby")
+    heads = _get(cfg, "model.heads") or {}
+    for task in heads:
+        own = heads[task]
+        if tasks and task not in tasks:
+            out.append(f"model.heads.{task}: no task {task!r} in this run (tasks: {', '.join(tasks)})")
+            continue
+        if not hasattr(own, "keys"):
+            out.append(f"model.heads.{task}={own}: give a mapping, e.g. model.heads.{task}.kind=bilstm")
+            continue
+        bad = sorted(set(own.keys()) - set(HEAD_KEYS))
+        if bad:
+            out.append(f"model.heads.{task}: unknown keys {bad}; choose from {sorted(HEAD_KEYS)}")
+        if own.get("kind") is not None and own.get("kind") not in HEADS:
+            out.append(f"model.heads.{task}.kind={own.get('kind')}: choose one of {HEADS}")
+        if own.get("pooling") is not None and own.get("pooling") not in POOLINGS:
+            out.append(f"model.heads.{task}.pooling={own.get('pooling')}: choose one of {POOLINGS}")
+        if own.get("layer") is not None and not layer_ok(own.get("layer")):
+            out.append(f"model.heads.{task}.layer={own.get('layer')}: choose one of {LAYER_CHOICES} or a layer index")
+        for key in ("concat_layers", "hidden"):
+            if own.get(key) is not None:
+                pos(f"model.heads.{task}.{key}", own.get(key))
+    return out
 
 
 def _task_problems(name: str, task: Any) -> list[str]:
@@ -398,7 +459,8 @@ def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             for k in sorted(set(a) & set(b), key=str):
                 walk(a[k], b[k], f"{key}.{k}")
-            if parts[0] in ("balancer", "sampler"):  # a different method has different options
+            # a different method has different options; a task given its own head (model.heads.<task>) differs
+            if parts[0] in ("balancer", "sampler") or parts[:2] == ["model", "heads"]:
                 for k in sorted(set(a) ^ set(b), key=str):
                     out.append(f"{key}.{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}")
         elif a != b:
