@@ -311,6 +311,7 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
     quick = produced(r"experiment=quickstart", multirun=False)
     sweep = produced(r"experiment=sweep_balancers", multirun=True)
     grid = produced(r"balancer=equal,pcgrad,mgda_ub", multirun=True)
+    imbalance = produced(r"loss=ce,class_balanced,focal,logit_adjusted", multirun=True)
     subs = {
         "outputs/<run>/checkpoints/best.pt": quick / "checkpoints" / "best.pt",
         "outputs/2026-11-21/15-29-19_quickstart": quick,
@@ -319,6 +320,7 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
         "outputs/multirun/2026-11-21/16-15-25_sweep_balancers": sweep,
         "outputs/multirun/2026-11-21/16-15-24_sweep_balancers": sweep,
         "outputs/multirun/<date>/<time>_<name>": grid,
+        "outputs/study/imbalance": imbalance,
         "sweep_a/": sweep,
         "sweep_b/": grid,
         "my_ocnli.tsv": ws.data / "tianchi" / "OCNLI_train1128.csv",
