@@ -117,3 +117,13 @@ def test_moco_trains_two_steps(tmp_path) -> None:
     assert bool(torch.isfinite(flat_params(tr.model)).all())
     assert not torch.equal(flat_params(tr.model), before)
     assert int(tr.balancer.steps) == 2 and tr.balancer.tracked.shape[0] == 3
+
+
+def test_representation_source_is_refused_before_any_data_is_read() -> None:
+    from mtl.config import compose_train
+    from mtl.training.validate import ConfigError, validate_config
+
+    cfg = compose_train(["balancer=moco", "balancer.source=representation", "sampler=all_tasks"])
+    with pytest.raises(ConfigError, match="balancer.source=representation: balancer 'moco' runs on parameters only"):
+        validate_config(cfg)
+    validate_config(compose_train(["balancer=moco", "sampler=all_tasks"]))  # the default source is fine

@@ -294,6 +294,13 @@ def check_pairing(cfg: DictConfig) -> None:
     from mtl.samplers import SAMPLERS
 
     bal, sam = _class_of(cfg.get("balancer"), BALANCERS), _class_of(cfg.get("sampler"), SAMPLERS)
+    sources = getattr(bal, "sources", None)  # an aggregator defined on some gradient sources only
+    source = cfg.balancer.get("source") if bal is not None and hasattr(cfg.balancer, "get") else None
+    if sources is not None and source is not None and str(source) not in sources:
+        raise ConfigError(
+            f"balancer.source={source}: balancer {cfg.balancer.get('name', bal.__name__)!r} runs on "
+            f"{' or '.join(sources)} only (docs/balancers.md, weightings and aggregators)"
+        )
     if bal is None or sam is None:
         return
     if getattr(bal, "needs_gramian", False) and getattr(sam, "one_task_per_step", False):
