@@ -325,3 +325,12 @@ def quickstart_trainer(encoder: Any, tokenizer: Any, labels: dict[str, int], tra
     sampler = SAMPLERS.get("proportional")({t: len(ds) for t, ds in train.items()}, seed=0)
     return Trainer(model, build_balancer("equal", list(train)), sampler, streams, {}, TrainerSettings(**base),
                    tempfile.mkdtemp(prefix="mtl-bench-"))
+
+
+def chosen_variants(ap: argparse.ArgumentParser, spec: str, known: Sequence[str], first: str) -> list[str]:
+    """The ``--variants`` list: names from ``known``, starting with the reference ``first`` (else ``ap.error``)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or names[:1] != [first]:
+        ap.error(f"--variants must start with {first} and name only {', '.join(known)} (unknown: {unknown})")
+    return names

@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"a subset of {', '.join(VARIANTS)}")
     ap.add_argument("--precision", default="auto", help="trainer.precision for every variant (default auto)")
     args = ap.parse_args(argv)
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown or names[:1] != ["baseline"]:
-        ap.error(f"--variants must start with baseline and name only {', '.join(VARIANTS)} (unknown: {unknown})")
+    names = common.chosen_variants(ap, args.variants, list(VARIANTS), "baseline")
     with common.torch_threads(args.threads):
         return bench(args, names, argv)
 
