@@ -170,3 +170,26 @@ def test_single_task_runs_that_differ_are_refused(mt_st: Path) -> None:
 def test_single_task_baseline_needs_single_task_runs(runs: Path) -> None:
     with pytest.raises(RunReadError, match="no single-task runs"):
         build_report([runs], baseline="single_task")
+
+
+def test_per_task_columns_follow_each_runs_decision_rule(tmp_path: Path) -> None:
+    """A run scored with tuned biases reports its tasks under that rule, as its average is (metrics.json's
+    ``tasks`` block holds argmax scores); a run scored with argmax keeps its argmax scores."""
+    root = tmp_path / "study"
+    for seed in (1, 2, 3):
+        task_run(root, f"argmax_{seed}", {"x": 0.50, "y": 0.30}, seed, steps=10, tuned={"x": 0.60, "y": 0.40})
+        d = task_run(root, f"tuned_{seed}", {"x": 0.50, "y": 0.30}, seed, steps=10, loss="class_balanced",
+                     tuned={"x": 0.52 + 0.01 * seed, "y": 0.40})
+        m = json.loads((d / "metrics.json").read_text())
+        m["decision"]["rule"] = "tuned_biases"
+        m["avg_macro_f1"] = m["decision"]["averages"]["tuned_biases"]
+        (d / "metrics.json").write_text(json.dumps(m))
+    rep = build_report([root], baseline="loss.name=ce")
+    rows = {r["label"]: r for r in rep["groups"]}
+    tuned, plain = rows["loss.name=class_balanced"], rows["loss.name=ce"]
+    assert plain["tasks"]["x"]["mean"] == pytest.approx(0.50) and plain["tasks"]["y"]["mean"] == pytest.approx(0.30)
+    assert tuned["tasks"]["x"]["mean"] == pytest.approx(0.54) and tuned["tasks"]["y"]["mean"] == pytest.approx(0.40)
+    assert tuned["avg_macro_f1"]["mean"] == pytest.approx((0.54 + 0.40) / 2)
+    # paired per task, under each side's own rule: x 0.53-0.50, 0.54-0.50, 0.55-0.50; y 0.10 each seed
+    assert tuned["paired"]["tasks"]["x"]["mean"] == pytest.approx(0.04)
+    assert tuned["paired"]["tasks"]["y"]["mean"] == pytest.approx(0.10)

@@ -6,7 +6,7 @@ Runs are grouped by their resolved configuration minus the keys that do not defi
 seed, the run name, data/cache paths, logging options: :data:`IGNORED_KEYS`). The keys that differ
 between groups form each group's label, e.g. ``balancer.name=pcgrad``; per group the mean and the sample
 standard deviation over its runs (seeds) are reported for the average and per-task dev macro-F1 (of each
-run's best checkpoint) and for training throughput. With a baseline (``--baseline KEY=VALUE``) every
+run's best checkpoint, under the run's own decision rule) and for training throughput. With a baseline (``--baseline KEY=VALUE``) every
 group also gets its paired differences over shared seeds with 95 % Student-t intervals and a verdict
 (:mod:`mtl.evaluation.paired`), in a table and in ``report_paired.png``.
 """
@@ -330,7 +330,7 @@ def paired_against(group: ConfigGroup, base: ConfigGroup, tasks: Sequence[str]) 
     """Paired differences (over shared seeds) of ``group`` against ``base``: the run's average and each
     task's macro-F1, and each decision rule's average against the baseline's plain argmax average."""
     def task_f1(t: str) -> Any:
-        return lambda r: ((r.metrics.get("tasks") or {}).get(t) or {}).get("macro_f1")
+        return lambda r: _own_task_f1(r, t)
 
     def avg(r: RunRecord) -> Any:
         return r.metrics.get("avg_macro_f1")
@@ -390,6 +390,14 @@ def _task_f1(r: RunRecord, task: str, rule: str = "argmax") -> Any:
         return ((r.metrics.get("tasks") or {}).get(task) or {}).get("macro_f1")
     d = (((r.metrics.get("decision") or {}).get("tasks") or {}).get(task) or {}).get("macro_f1") or {}
     return d.get(rule)
+
+
+def _own_task_f1(r: RunRecord, task: str) -> Any:
+    """A task's macro-F1 under the run's own decision rule, the rule its ``avg_macro_f1`` is scored with
+    (``metrics.json``'s ``tasks`` block holds the argmax scores whatever the rule)."""
+    rule = (r.metrics.get("decision") or {}).get("rule") or "argmax"
+    value = _task_f1(r, task, rule)
+    return _task_f1(r, task) if value is None else value
 
 
 def paired_against_single_task(group: ConfigGroup, base: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -458,7 +466,7 @@ def build_report(
             "n": len(rs),
             "seeds": sorted((r.seed for r in rs), key=lambda s: (str(type(s)), s)),
             "avg_macro_f1": _stats([r.metrics.get("avg_macro_f1") for r in rs]),
-            "tasks": {t: _stats([(r.metrics.get("tasks") or {}).get(t, {}).get("macro_f1") for r in rs]) for t in tasks},
+            "tasks": {t: _stats([_own_task_f1(r, t) for r in rs]) for t in tasks},
             "samples_per_second": _stats([r.metrics.get("samples_per_second") for r in rs]),
             "wall_seconds": _stats([r.metrics.get("wall_seconds") for r in rs]),
             "best_step": _stats([r.metrics.get("best_step") for r in rs]),
