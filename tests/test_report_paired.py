@@ -193,3 +193,26 @@ def test_per_task_columns_follow_each_runs_decision_rule(tmp_path: Path) -> None
     # paired per task, under each side's own rule: x 0.53-0.50, 0.54-0.50, 0.55-0.50; y 0.10 each seed
     assert tuned["paired"]["tasks"]["x"]["mean"] == pytest.approx(0.04)
     assert tuned["paired"]["tasks"]["y"]["mean"] == pytest.approx(0.10)
+
+
+def test_baseline_given_as_one_of_its_run_directories(tmp_path: Path) -> None:
+    """Each variant changes one key of its own; the baseline (every key at its default) is singled out by no
+    single KEY=VALUE, so it is named by one of its runs' directories."""
+    root = tmp_path / "tricks"
+    paths: dict[str, Path] = {}
+    for name, lr, loss in (("base", 1e-4, "ce"), ("lr", 2e-4, "ce"), ("loss", 1e-4, "focal")):
+        for seed, b in ((1, 0.40), (2, 0.45), (3, 0.50)):
+            gain = {"base": 0.0, "lr": 0.02, "loss": -0.01}[name]
+            paths[f"{name}_{seed}"] = task_run(root, f"{name}_s{seed}", {"x": b + gain, "y": b + gain}, seed,
+                                               steps=10, loss=loss, lr=lr)
+    with pytest.raises(ValueError, match="2 configurations match"):
+        build_report([root], baseline="loss.name=ce")
+    rep = build_report([root], baseline=str(paths["base_2"]))
+    rows = {r["label"]: r for r in rep["groups"]}
+    assert rows["loss.name=ce, optim.lr=0.0001"]["is_baseline"]
+    assert rows["loss.name=ce, optim.lr=0.0002"]["paired"]["average"]["mean"] == pytest.approx(0.02)
+    assert rows["loss.name=focal, optim.lr=0.0001"]["paired"]["average"]["mean"] == pytest.approx(-0.01)
+    with pytest.raises(ValueError, match="no finished run of this report"):
+        build_report([root], baseline=str(tmp_path))
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        build_report([root], baseline="not_a_dir")

@@ -4,6 +4,7 @@
     mtl-report outputs/ --out reports/all --ignore 'optim.*'
     mtl-report outputs/study/imbalance --baseline loss.name=ce        # paired differences with 95 % intervals
     mtl-report outputs/study/single outputs/study/multi --baseline single_task   # the multi-task gain
+    mtl-report outputs/study/tricks --baseline outputs/study/tricks/base_s42     # the group of that run
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"always ignored: {', '.join(IGNORED_KEYS)}",
     )
     p.add_argument("--sort-by", default="avg_macro_f1", help="avg_macro_f1 (default) or a task name")
-    p.add_argument("--baseline", default=None, metavar="KEY=VALUE",
-                   help="the configuration to compare every other against, e.g. loss.name=ce: paired differences "
+    p.add_argument("--baseline", default=None, metavar="KEY=VALUE|RUN_DIR",
+                   help="the configuration to compare every other against, e.g. loss.name=ce, or the directory of "
+                   "one of its runs (when no single key singles it out): paired differences "
                    "over shared seeds with a 95%% Student-t interval and a verdict (better / worse / within noise); "
                    "single_task: every multi-task configuration against the single-task runs (one task each, "
                    "e.g. experiment=quickstart_single_task), per task and on the average")

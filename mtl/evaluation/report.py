@@ -313,10 +313,19 @@ def _rule_avg(r: RunRecord, rule: str) -> Any:
 
 
 def find_baseline(groups: Sequence[ConfigGroup], spec: str) -> ConfigGroup:
-    """The one group whose runs all have config ``KEY=VALUE`` (``spec``); none or several is a ValueError."""
+    """The one group whose runs all have config ``KEY=VALUE`` (``spec``), or, when ``spec`` is the directory of
+    one of the runs, that run's group (the configuration every setting of which is the baseline's, where no
+    single key singles it out); none or several is a ValueError."""
     key, sep, value = spec.partition("=")
+    if not sep and Path(spec).expanduser().is_dir():
+        target = Path(spec).expanduser().resolve()
+        owners = [g for g in groups if any(Path(r.path).resolve() == target for r in g.runs)]
+        if not owners:
+            raise ValueError(f"--baseline {spec}: no finished run of this report is in that directory (give the "
+                             "folder of one run, holding its metrics.json, among the reported paths)")
+        return owners[0]
     if not sep or not key.strip():
-        raise ValueError(f"--baseline expects KEY=VALUE (e.g. loss.name=ce), got {spec!r}")
+        raise ValueError(f"--baseline expects KEY=VALUE (e.g. loss.name=ce) or a run directory, got {spec!r}")
     key, value = key.strip(), value.strip()
     hits = [g for g in groups if all(_fmt_value(r.config.get(key, _ABSENT)) == value for r in g.runs)]
     if len(hits) != 1:
