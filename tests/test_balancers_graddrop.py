@@ -69,6 +69,18 @@ def test_parameters_source_gives_the_update_with_the_same_draws() -> None:
     assert par.coefficients is None and rep.update is None
     torch.testing.assert_close(par.update, (rep.coefficients * jac).sum(0))
     torch.testing.assert_close(par.weights, rep.weights)
+    # the parameters path never forms C (sums of the positive and negative parts): same update, with a leak,
+    # with all-zero and sign-agreeing columns, over many columns
+    wide = rand_jac(3, 5000, 9).float()
+    wide[:, :10] = 0.0
+    wide[:, 10:20] = wide[:, 10:20].abs()
+    for leak in (0.0, 0.3):
+        rep = _agg(make("graddrop", 3, seed=7, leak=leak), wide)
+        par = _agg(make("graddrop", 3, seed=7, leak=leak, source="parameters"), wide)
+        torch.testing.assert_close(par.update, (rep.coefficients * wide).sum(0))
+        torch.testing.assert_close(par.weights, rep.weights)
+        torch.testing.assert_close(par.update[:10], torch.zeros(10))
+        torch.testing.assert_close(par.update[10:20], wide[:, 10:20].sum(0))
 
 
 def test_parameters_source_in_chunks_matches_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:

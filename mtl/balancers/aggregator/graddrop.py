@@ -24,8 +24,12 @@ Knobs:
     ``source`` ("representation"): representation (the paper's place: the activation layer before the
         heads; cheap) | parameters (every shared parameter, as the CAGrad/MoCo experiment code does).
 
-Cost: on the representation a ``T x H`` mask (negligible); on the parameters a pass over the ``T x P``
-Jacobian in column chunks (no ``T x P`` temporary), like the weighted update ``w @ J`` it replaces.
+Cost: on the representation a ``T x H`` mask (negligible). On the parameters no mask is formed: with
+``pos_k = sum_t max(g_tk, 0)`` and ``neg_k = sum_t min(g_tk, 0)``, ``P_k = pos_k / (pos_k - neg_k)``, and
+the masked sum is ``pos_k`` where ``U_k < P_k``, else ``neg_k``; the kept share of task ``t``'s L1 mass
+follows from its row sums and ``g_t @ [U < P]``. That is a few passes over the ``T x P`` Jacobian in
+cache-sized column chunks, plus one uniform draw per parameter (about a third of the time: 21.5 M draws
+for e5-small), in place of the weighted update ``w @ J`` (``scripts/bench_balancers.py``).
 
 Deviations from the reference code:
 
@@ -103,6 +107,30 @@ class GradDrop(SeededMixin, Aggregator):
         gen.manual_seed(seed)
         return gen
 
+    def _update_chunk(self, g: Tensor, u: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``sum_t C_t * g_t`` of the columns ``g`` (``T x n``) into ``out``, without forming ``C``; return
+        the columns' ``sum_k |g_tk|`` and ``sum_k C_tk |g_tk|`` per task (float64).
+
+        With ``pos = sum_t max(g_t, 0)``, ``neg = sum_t min(g_t, 0)`` and ``m = [U < P] = [U (pos - neg) < pos]``
+        (``P = pos / (pos - neg)`` is the formula's purity; no column is kept where every gradient is 0):
+        the masked sum is ``neg + m (pos - neg)``; task ``t`` keeps ``sum_k m_k max(g_tk, 0) + (1 - m_k)
+        max(-g_tk, 0) = rowsum(max(g_t, 0)) - rowsum(g_t) + g_t @ m`` of its mass ``2 rowsum(max(g_t, 0)) -
+        rowsum(g_t)``; a leak ``l`` mixes in the plain sum: ``l sum_t g_t + (1 - l) (...)``.
+        """
+        pos = g.clamp_min(0.0)
+        pos_col, total = pos.sum(0), g.sum(0)
+        neg_col = total - pos_col
+        abs_col = pos_col - neg_col
+        m = torch.lt(u.mul_(abs_col), pos_col).to(g.dtype)
+        torch.addcmul(neg_col, m, abs_col, out=out)
+        pos_row, row = pos.sum(1), g.sum(1)
+        mass = (2.0 * pos_row - row).double()
+        kept = (pos_row - row + g @ m).double()
+        if self.leak:
+            out.mul_(1.0 - self.leak).add_(total, alpha=self.leak)
+            kept = self.leak * mass + (1.0 - self.leak) * kept
+        return mass, kept
+
     def aggregation(self, inp: BalanceInput) -> Aggregation:
         grads = inp.gradients
         assert grads is not None
@@ -118,14 +146,16 @@ class GradDrop(SeededMixin, Aggregator):
             for start in range(0, d, step):
                 g = grads[:, start : start + step]
                 u = torch.rand(g.shape[1], generator=gen, device=g.device, dtype=g.dtype)
-                a = g.abs()
-                c = _coefficients(g, a, u, self.leak)
-                mass += a.sum(1).double()  # float32 within a chunk, float64 across chunks
-                kept += torch.linalg.vecdot(c, a).double()
                 if coefficients is not None:
+                    a = g.abs()
+                    c = _coefficients(g, a, u, self.leak)
+                    mass += a.sum(1).double()  # float32 within a chunk, float64 across chunks
+                    kept += torch.linalg.vecdot(c, a).double()
                     coefficients[:, start : start + step] = c
                 else:
                     assert update is not None
-                    torch.sum(c * g, 0, out=update[start : start + step])
+                    chunk_mass, chunk_kept = self._update_chunk(g, u, update[start : start + step])
+                    mass += chunk_mass
+                    kept += chunk_kept
         share = torch.where(mass > 0, kept / mass.clamp_min(1e-300), torch.ones_like(mass))
         return Aggregation(share.float(), coefficients=coefficients, update=update)
