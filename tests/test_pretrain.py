@@ -252,6 +252,7 @@ def test_run_writes_a_folder_that_fine_tunes(fixture_data_root: Path, tmp_path: 
     assert corpus["unique_texts"] == corpus["train_texts"] + corpus["heldout_texts"]
     assert corpus["tokens"]["train"] > corpus["train_texts"] and not corpus["include_dev"]
     assert not (out / "checkpoints").exists()  # removed once finished (pretrain.keep_checkpoints=false)
+    assert "mlm_loss.png" in record["files"] and (out / "mlm_loss.png").read_bytes()[:4] == b"\x89PNG"
 
     # the folder is an encoder: load_encoder reads it, the MLM head is there for a further pretraining
     encoder, tokenizer = load_encoder(str(out))

@@ -4,7 +4,9 @@
 * ``balancer_weights.png``: the task weights in force at each logged step (+ gradient cosines when logged);
 * ``sampler_proportions.png``: the realised share of steps per task, over training and at the end;
 * ``confusion_matrices.png``: one confusion matrix per task on the dev set, from the best evaluation's
-  predictions (``dev_predictions.json``).
+  predictions (``dev_predictions.json``);
+* ``mlm_loss.png`` (``mtl-pretrain``'s folder): the MLM loss curve and the held-out loss before and after
+  (:func:`plot_mlm_loss`, from ``pretrain_record.json``).
 
 Everything is read from the run's own files (``train_log.csv``, ``eval_log.csv``, ``metrics.json``,
 ``dev_predictions.json``), so ``write_run_plots(run_dir)`` also re-draws the plots of a finished run; at the
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "plot_confusion_matrices",
+    "plot_mlm_loss",
     "read_log",
     "write_dev_predictions",
     "write_run_outputs",
@@ -85,6 +88,34 @@ def _smooth(y: np.ndarray, k: int = 5) -> np.ndarray:
     kernel = np.ones(k) / k
     pad = np.concatenate([np.full(k - 1, y[0]), y])
     return np.convolve(pad, kernel, mode="valid")
+
+
+def plot_mlm_loss(record: Mapping[str, Any], path: str | Path) -> Path | None:
+    """``mtl-pretrain``'s loss curve (the mean MLM loss of every ``log_every`` steps) with the held-out loss
+    before and after training as two points; None (nothing written) for a record without a curve. Re-draw a
+    finished folder's: ``plot_mlm_loss(json.load(open("<folder>/pretrain_record.json")), "<folder>/mlm_loss.png")``.
+    """
+    curve = record.get("loss_curve") or []
+    if not curve:
+        return None
+    fig, axes = _figure(size=(7.0, 4.0))
+    ax = axes[0][0]
+    steps = np.asarray([p["step"] for p in curve], dtype=float)
+    ax.plot(steps, [float(p["loss"]) for p in curve], label="training MLM loss (mean of the logged steps)")
+    held = record.get("heldout_mlm_loss") or {}
+    end = float(steps[-1])
+    for x, key, marker in ((0.0, "before", "o"), (end, "after", "s")):
+        if held.get(key) is not None:
+            ax.scatter([x], [float(held[key])], marker=marker, zorder=3, color="C1",
+                       label=f"held-out {key}: {float(held[key]):.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MLM loss (nats per masked token)")
+    training = record.get("training") or {}
+    ax.set_title(f"{(record.get('encoder') or {}).get('source', 'encoder')}: {training.get('steps', int(end))} "
+                 f"steps of {training.get('batch_size', '?')} texts", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
 
 
 def _eval_history(run_dir: Path, metrics: Mapping[str, Any]) -> dict[str, np.ndarray]:

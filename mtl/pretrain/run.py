@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtl.evaluation.plots import plot_mlm_loss
 from mtl.pretrain.corpus import corpus_fingerprint, gather_corpus, select_texts
 from mtl.pretrain.mlm import (
     DATA_ORDER,
@@ -52,6 +53,8 @@ __all__ = ["CHECKPOINT_FORMAT", "RECORD", "PretrainStopped", "after_step", "pret
 log = logging.getLogger(__name__)
 
 RECORD = "pretrain_record.json"
+#: the loss curve, drawn from the record (:func:`mtl.evaluation.plots.plot_mlm_loss`)
+PLOT = "mlm_loss.png"
 RECORD_FORMAT = "mtl-pretrain-record/1"
 CHECKPOINT_FORMAT = "mtl-pretrain-checkpoint/1"
 #: what marks a folder as holding a model or a pretraining (besides the record)
@@ -457,6 +460,11 @@ def _pretrain(cfg: DictConfig, s: PretrainSettings, resolved: dict[str, Any], ru
         v = record["heldout_mlm_loss"][key]
         if isinstance(v, float) and not math.isfinite(v):
             record["heldout_mlm_loss"][key] = None
+    try:
+        if plot_mlm_loss(record, run_dir / PLOT) is not None:
+            record["files"] = sorted({*record["files"], PLOT})
+    except Exception as exc:  # a plot never fails the run
+        log.warning("could not draw %s: %s", PLOT, exc)
     write_json(run_dir / RECORD, record)
     if not s.keep_checkpoints and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")
