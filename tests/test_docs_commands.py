@@ -312,6 +312,8 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
     sweep = produced(r"experiment=sweep_balancers", multirun=True)
     grid = produced(r"balancer=equal,pcgrad,mgda_ub", multirun=True)
     imbalance = produced(r"loss=ce,class_balanced,focal,logit_adjusted", multirun=True)
+    tricks = {name: produced(rf"hydra\.sweep\.dir=outputs/study/tricks/{name}\b", multirun=True)
+              for name in ("base", "ema", "llrd")}
     subs = {
         "outputs/<run>/checkpoints/best.pt": quick / "checkpoints" / "best.pt",
         "outputs/2026-11-21/15-29-19_quickstart": quick,
@@ -321,6 +323,9 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
         "outputs/multirun/2026-11-21/16-15-24_sweep_balancers": sweep,
         "outputs/multirun/<date>/<time>_<name>": grid,
         "outputs/study/imbalance": imbalance,
+        **{f"outputs/study/tricks/{name}": folder for name, folder in tricks.items()},
+        "outputs/study/tricks/base/s42": tricks["base"] / "s42",
+        "outputs/study/tricks": ws.work / "tricks_report",
         "sweep_a/": sweep,
         "sweep_b/": grid,
         "my_ocnli.tsv": ws.data / "tianchi" / "OCNLI_train1128.csv",

@@ -414,7 +414,10 @@ def test_documented_commands_run(fixture_data_root: Path, tmp_path: Path, monkey
             else:
                 argv = tiny_argv(args, tiny_train)
                 main = train_main
-            if not any(a.startswith("hydra.run.dir=") for a in argv):
+            multirun = "-m" in argv or "--multirun" in argv
+            if multirun:  # one seed of a documented seed grid: the others run the same code again
+                argv = [a.split(",", 1)[0] if a.startswith("seed=") else a for a in argv]
+            elif not any(a.startswith("hydra.run.dir=") for a in argv):
                 argv.append(f"hydra.run.dir={tmp_path / 'runs' / str(i)}")
             monkeypatch.setattr(sys, "argv", [program, *argv])
             try:
@@ -422,6 +425,10 @@ def test_documented_commands_run(fixture_data_root: Path, tmp_path: Path, monkey
             except SystemExit as exc:
                 assert exc.code in (0, None), f"{line} exited with {exc.code}"
             if "--cfg" in argv:
+                continue
+            if multirun:
+                sweep = Path(next(a for a in reversed(argv) if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+                assert list((tmp_path / sweep).rglob("metrics.json")), f"{line}: no finished run in {sweep}"
                 continue
             folder = Path(next(a for a in reversed(argv) if a.startswith("hydra.run.dir=")).split("=", 1)[1])
             result = "pretrain_record.json" if program == "mtl-pretrain" else "metrics.json"
