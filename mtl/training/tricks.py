@@ -61,9 +61,9 @@ class Tricks:
     settings)."""
 
     adversarial: str | None = None  # None | fgm | pgd
-    adv_epsilon: float = 1.0
+    adv_epsilon: float = 0.1  # as TrainerSettings (the config defaults); here for direct use in tests
     adv_steps: int = 3  # pgd
-    adv_alpha: float = 0.3  # pgd step size
+    adv_alpha: float = 0.03  # pgd step size
     rdrop_alpha: float = 0.0
 
     def __post_init__(self) -> None:
