@@ -90,10 +90,11 @@ class TrainerSettings:
     overwrite: bool = False  # replace the run already in the run directory (else that directory is refused)
     # --- training tricks (docs/training_tricks.md), all off by default
     adversarial: str | None = None  # null | fgm | pgd: adversarial perturbation of the word embeddings
-    adv_epsilon: float = 0.1  # the perturbation's L2 norm per example (pgd: its bound); 1.0 wrecks e5-small
-    adv_steps: int = 3  # pgd: ascent steps
-    adv_alpha: float = 0.03  # pgd: step size
-    rdrop_alpha: float = 0.0  # R-Drop: weight of the symmetric KL between two dropout passes (0: off)
+    # the defaults of the four below are stated once, in mtl.training.tricks.Tricks
+    adv_epsilon: float = Tricks.adv_epsilon  # the perturbation's L2 norm per example (pgd: its bound)
+    adv_steps: int = Tricks.adv_steps  # pgd: ascent steps
+    adv_alpha: float = Tricks.adv_alpha  # pgd: step size
+    rdrop_alpha: float = Tricks.rdrop_alpha  # R-Drop: weight of the symmetric KL between two dropout passes (0: off)
     ema_decay: float | None = None  # evaluate and save an exponential moving average of the weights (e.g. 0.999)
     swa_start: float | None = None  # or stochastic weight averaging from this fraction of training (< 1) or step
 

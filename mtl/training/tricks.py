@@ -61,7 +61,7 @@ class Tricks:
     settings)."""
 
     adversarial: str | None = None  # None | fgm | pgd
-    adv_epsilon: float = 0.1  # as TrainerSettings (the config defaults); here for direct use in tests
+    adv_epsilon: float = 0.1  # per example; 1.0 wrecks e5-small (docs/training_tricks.md). TrainerSettings reads these
     adv_steps: int = 3  # pgd
     adv_alpha: float = 0.03  # pgd step size
     rdrop_alpha: float = 0.0
