@@ -178,6 +178,23 @@ def test_caps_keep_every_label(fixture_root: Path) -> None:
     assert "capped from 30/30" in data.report.summary()
 
 
+def test_data_seed_fixes_the_sample_across_run_seeds(fixture_root: Path) -> None:
+    """data.seed: the seeded split (ocemotion, stratified_fraction) and the caps stop following the run's seed."""
+
+    def sample(task: str, run_seed: int, **overrides: Any) -> tuple[list[str], list[str]]:
+        name, cfg = task_cfg(task)
+        caps = {"max_train_per_task": 15, "max_dev_per_task": 6, **overrides}
+        data = load_task(name, cfg, data_cfg(fixture_root, **caps), seed=run_seed)
+        return [e.id for e in data.train], [e.id for e in data.dev]
+
+    for task in ("ocemotion", "tnews"):
+        # unset: the run's seed draws the sample, so two run seeds see different rows
+        assert sample(task, 0) != sample(task, 1)
+        assert sample(task, 3) == sample(task, 3)
+        # fixed: every run seed sees the rows the run seed of the same value would have drawn
+        assert sample(task, 0, seed=7) == sample(task, 1, seed=7) == sample(task, 7)
+
+
 def test_test_sets_are_read_and_normalised(fixture_root: Path) -> None:
     name, cfg = task_cfg("ocnli")
     tests = load_test_sets(name, cfg, data_cfg(fixture_root))

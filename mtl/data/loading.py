@@ -80,6 +80,9 @@ class DataSettings:
     dev_fraction: float = 0.1  # for stratified_fraction splits
     max_train_per_task: int | None = None  # cap per task for quick runs (seeded, label-stratified); None = all
     max_dev_per_task: int | None = None
+    # the seed of the data sample (seeded splits, train/dev caps); None = the run's seed. A fixed value keeps
+    # the same train and dev rows under every training seed, so the seed spread is the training's alone
+    seed: int | None = None
     cache_dir: str = "${oc.env:MTL_CACHE_DIR,${oc.env:HOME}/.cache/mtl}/tokenized"  # tokenised-data cache
     batch_size: int = 32
     eval_batch_size: int = 128
@@ -364,6 +367,8 @@ def load_task(
 ) -> TaskData:
     """Read, split, cap (``data.max_train_per_task`` / ``max_dev_per_task``) and normalise one task.
 
+    ``seed`` (the run's) draws the seeded splits and caps unless ``data.seed`` fixes the data sample.
+
     ``root``: the folder the task's files are relative to (default: :func:`resolve_data_root`'s choice).
 
     Raises ``FileNotFoundError`` (naming the path and the data root it came from) for a missing file and
@@ -371,6 +376,8 @@ def load_task(
     """
     task = _plain(task_cfg)
     data = data_settings(data_cfg)
+    if data["seed"] is not None:
+        seed = int(data["seed"])
     multi = is_multi_label(task, name)
     for key in ("labels", "text_columns"):
         if not task.get(key):
