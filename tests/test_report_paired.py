@@ -212,6 +212,17 @@ def test_baseline_given_as_one_of_its_run_directories(tmp_path: Path) -> None:
     assert rows["loss.name=ce, optim.lr=0.0001"]["is_baseline"]
     assert rows["loss.name=ce, optim.lr=0.0002"]["paired"]["average"]["mean"] == pytest.approx(0.02)
     assert rows["loss.name=focal, optim.lr=0.0001"]["paired"]["average"]["mean"] == pytest.approx(-0.01)
+    # the paired table and plot name each variant by what it changes against the baseline, not every key
+    assert {r["label"]: r["vs_baseline"] for r in rep["groups"]} == {
+        "loss.name=ce, optim.lr=0.0001": "(baseline)",
+        "loss.name=ce, optim.lr=0.0002": "optim.lr=0.0002",
+        "loss.name=focal, optim.lr=0.0001": "loss.name=focal",
+    }
+    written = write_report([root], tmp_path / "out", baseline=str(paths["base_2"]))
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| optim.lr=0.0002 | 3 | +0.0200 [+0.0200, +0.0200] | better |" in md
+    assert "| loss.name=focal | 3 | -0.0100 [-0.0100, -0.0100] | worse |" in md
+    assert written["files"]["paired_plot"].endswith("report_paired.png")
     with pytest.raises(ValueError, match="no finished run of this report"):
         build_report([root], baseline=str(tmp_path))
     with pytest.raises(ValueError, match="KEY=VALUE"):

@@ -492,9 +492,12 @@ def build_report(
                 row["paired"] = paired
     elif baseline is not None:
         base = find_baseline(groups, baseline)
+        base_key = dict(base.key)
         for g, row in zip(groups, rows, strict=True):
             row["paired"] = paired_against(g, base, tasks)
             row["is_baseline"] = g is base
+            # what sets this group apart from the baseline: the label of the paired table and plot
+            row["vs_baseline"] = _label([(k, v) for k, v in g.key if base_key.get(k) != v]) if g is not base else "(baseline)"
     key = (lambda row: row[metric]["mean"]) if metric == "avg_macro_f1" else (lambda row: row["tasks"][metric]["mean"])
     rows.sort(key=lambda row: -(key(row) if key(row) is not None else -math.inf))
     notes = []
@@ -579,6 +582,12 @@ def _ci(d: Mapping[str, Any], digits: int = 4) -> str:
     return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
 
 
+def _paired_label(row: Mapping[str, Any]) -> str:
+    """A group in the paired table and plot: what differs from the baseline group (``KEY=VALUE`` or run-dir
+    baselines), else its label."""
+    return row.get("vs_baseline") or row["label"]
+
+
 def paired_table(report: Mapping[str, Any]) -> str:
     """Each group against the baseline: paired difference of the average and per task (95 % t interval
     over shared seeds) with its verdict; then each decision rule's average against the baseline's argmax."""
@@ -592,7 +601,7 @@ def paired_table(report: Mapping[str, Any]) -> str:
         if row.get("is_baseline"):
             continue
         p = row["paired"]
-        cells = [row["label"].replace("|", "\\|"), str(p["average"]["n"]), _ci(p["average"]), p["average"]["verdict"],
+        cells = [_paired_label(row).replace("|", "\\|"), str(p["average"]["n"]), _ci(p["average"]), p["average"]["verdict"],
                  *[_ci(p["tasks"][t], 3) if t in p["tasks"] else "–" for t in tasks]]
         lines.append("| " + " | ".join(cells) + " |")
     rule_rows = [(row, rule, d) for row in rows for rule, d in row["paired"]["rules"].items()
@@ -603,7 +612,7 @@ def paired_table(report: Mapping[str, Any]) -> str:
                   "|---|---|---:|---:|---|"]
         for row, rule, d in rule_rows:
             name = rule + (" (cross-fitted)" if rule == "tuned_biases" else "")
-            lines.append(f"| {row['label'].replace('|', chr(92) + '|')} | {name} | {d['n']} | {_ci(d)} | {d['verdict']} |")
+            lines.append(f"| {_paired_label(row).replace('|', chr(92) + '|')} | {name} | {d['n']} | {_ci(d)} | {d['verdict']} |")
     return "\n".join(lines)
 
 
@@ -682,6 +691,13 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _wrap(text: str, width: int = 48) -> str:
+    """A plot label broken into lines of at most ``width`` characters (at ", " and spaces)."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(part, width) for part in text.split("\n"))
+
+
 def plot_paired(report: Mapping[str, Any], path: str | Path) -> Path | None:
     """Paired differences of the average against the baseline, one point per configuration (and per decision
     rule), 95 % interval as error bars; a line at 0. None when the report has no baseline."""
@@ -692,12 +708,13 @@ def plot_paired(report: Mapping[str, Any], path: str | Path) -> Path | None:
     for row in report["groups"]:
         for rule, d in (row.get("paired") or {}).get("rules", {}).items():
             if d.get("mean") is not None and not (row.get("is_baseline") and rule == "argmax"):
-                items.append((f"{row['label']}\n{rule}", d))
+                items.append((f"{_wrap(_paired_label(row))}\n{rule}", d))
         if row.get("paired") and not (row["paired"].get("rules")) and not row.get("is_baseline"):
-            items.append((row["label"], row["paired"]["average"]))
+            items.append((_wrap(_paired_label(row)), row["paired"]["average"]))
     if not items:
         return None
-    fig = Figure(figsize=(7.0, 0.45 * len(items) + 1.6), layout="constrained")
+    lines = sum(name.count("\n") + 1 for name, _ in items)
+    fig = Figure(figsize=(9.0, 0.18 * lines + 0.2 * len(items) + 1.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for i, (_, d) in enumerate(items):
@@ -708,7 +725,7 @@ def plot_paired(report: Mapping[str, Any], path: str | Path) -> Path | None:
     ax.axvline(0.0, color="black", lw=1)
     ax.set_yticks(range(len(items)), [name for name, _ in items], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"Δ dev avg macro-F1 vs {report['baseline']}, mean and 95 % paired-t interval")
+    ax.set_xlabel(_wrap(f"Δ dev avg macro-F1 vs {report['baseline']}, mean and 95 % paired-t interval", 90))
     ax.grid(axis="x", alpha=0.3)
     path = Path(path)
     fig.savefig(path, dpi=110)
