@@ -313,7 +313,7 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
     grid = produced(r"balancer=equal,pcgrad,mgda_ub", multirun=True)
     imbalance = produced(r"loss=ce,class_balanced,focal,logit_adjusted", multirun=True)
     tricks = {name: produced(rf"hydra\.sweep\.dir=outputs/study/tricks/{name}\b", multirun=True)
-              for name in ("base", "ema", "llrd", "rdrop")}
+              for name in ("base", "ema", "llrd", "rdrop", "fgm")}
     subs = {
         "outputs/<run>/checkpoints/best.pt": quick / "checkpoints" / "best.pt",
         "outputs/2026-11-21/15-29-19_quickstart": quick,
