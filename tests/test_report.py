@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -99,6 +100,24 @@ def test_sub_key_varying_within_one_name_is_shown(tmp_path: Path) -> None:
     groups = group_runs(runs)
     assert sorted(g.label for g in groups) == ["balancer.window=10", "balancer.window=50"]
     assert sorted(len(g.runs) for g in groups) == [1, 2]
+
+
+def test_dev_standard_error_column_from_each_runs_dev_predictions(sweep: Path) -> None:
+    from mtl.evaluation.bootstrap import run_dev_standard_errors
+
+    rng = np.random.default_rng(0)
+    for job in ("4", "5"):  # the two pcgrad runs keep their dev predictions; the others have none
+        labels = rng.integers(0, 3, 60).tolist()
+        tasks = {t: {"label_names": ["a", "b", "c"], "labels": labels, "predictions": labels[:40] + [0] * 20}
+                 for t in TASKS}
+        (sweep / job / "dev_predictions.json").write_text(json.dumps({"step": 100, "tasks": tasks}))
+    rows = {g["label"]: g for g in build_report([sweep])["groups"]}
+    want = [run_dev_standard_errors(sweep / j)["average"] for j in ("4", "5")]  # type: ignore[index]
+    assert rows["balancer.name=pcgrad"]["dev_standard_error"]["mean"] == pytest.approx(statistics.fmean(want))
+    assert rows["balancer.name=pcgrad"]["dev_standard_error"]["mean"] > 0
+    assert rows["balancer.name=equal"]["dev_standard_error"]["mean"] is None
+    md = write_report([sweep])["files"]["markdown"]
+    assert f"| {statistics.fmean(want):.4f} |" in Path(md).read_text()
 
 
 def test_write_report_files_and_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

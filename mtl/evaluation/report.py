@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,10 @@ from typing import Any
 
 import yaml
 
+from mtl.evaluation.bootstrap import run_dev_standard_errors
 from mtl.evaluation.paired import paired_difference
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IGNORED_KEYS",
@@ -394,6 +398,17 @@ def single_task_baseline(runs: Sequence[RunRecord], ignore: Sequence[str]) -> di
     return {"tasks": tasks, "by_seed": by_seed, "label": f"single-task runs ({', '.join(tasks)}; steps {', '.join(steps)})"}
 
 
+def _dev_se(r: RunRecord) -> float | None:
+    """The bootstrap standard error of a run's average dev macro-F1 (argmax predictions of its best
+    checkpoint, :mod:`mtl.evaluation.bootstrap`); None without ``dev_predictions.json``."""
+    try:
+        out = run_dev_standard_errors(r.path)
+    except ValueError as err:
+        log.warning("%s", err)
+        return None
+    return None if out is None else out["average"]
+
+
 def _task_f1(r: RunRecord, task: str, rule: str = "argmax") -> Any:
     if rule == "argmax":
         return ((r.metrics.get("tasks") or {}).get(task) or {}).get("macro_f1")
@@ -479,6 +494,8 @@ def build_report(
             "samples_per_second": _stats([r.metrics.get("samples_per_second") for r in rs]),
             "wall_seconds": _stats([r.metrics.get("wall_seconds") for r in rs]),
             "best_step": _stats([r.metrics.get("best_step") for r in rs]),
+            # the dev sample's share of the noise: each run's bootstrap standard error of its average
+            "dev_standard_error": _stats([_dev_se(r) for r in rs]),
             "runs": [str(r.path) for r in rs],
             "decision": _decision_stats(rs, tasks),
         }
@@ -524,6 +541,10 @@ def build_report(
     }
 
 
+def _mean(s: Mapping[str, Any], digits: int = 4) -> str:
+    return "–" if s.get("mean") is None else f"{s['mean']:.{digits}f}"
+
+
 def _pm(s: Mapping[str, Any], digits: int = 4) -> str:
     if s.get("mean") is None:
         return "–"
@@ -534,7 +555,8 @@ def _pm(s: Mapping[str, Any], digits: int = 4) -> str:
 
 def markdown_table(report: Mapping[str, Any]) -> str:
     tasks = report["tasks"]
-    head = ["configuration", "runs", "seeds", "avg macro-F1", *[f"{t} F1" for t in tasks], "samples/s", "min/run"]
+    head = ["configuration", "runs", "seeds", "avg macro-F1", *[f"{t} F1" for t in tasks], "dev SE", "samples/s",
+            "min/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for row in report["groups"]:
         wall = row["wall_seconds"]
@@ -544,6 +566,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
             ",".join(str(s) for s in row["seeds"]),
             "**" + _pm(row["avg_macro_f1"]) + "**",
             *[_pm(row["tasks"][t]) for t in tasks],
+            _mean(row.get("dev_standard_error") or {}),
             _pm(row["samples_per_second"], 1),
             f"{wall['mean'] / 60:.1f}" if wall.get("mean") is not None else "–",
         ]
@@ -622,7 +645,8 @@ def to_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         "",
         f"{report['n_runs']} runs from {', '.join(report['paths'])}, grouped by configuration "
         f"({len(report['groups'])} groups); mean ± sample std over the runs (seeds) of each group, "
-        "dev macro-F1 of each run's best checkpoint.",
+        "dev macro-F1 of each run's best checkpoint. dev SE: the bootstrap standard error of a run's average "
+        "from its dev sample alone (1,000 resamples of its dev rows, argmax predictions), averaged over the runs.",
     ]
     if report["common"]:
         parts += ["", "Common settings: " + ", ".join(f"`{k}={v}`" for k, v in report["common"].items())]
