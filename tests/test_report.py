@@ -120,6 +120,20 @@ def test_dev_standard_error_column_from_each_runs_dev_predictions(sweep: Path) -
     assert f"| {statistics.fmean(want):.4f} |" in Path(md).read_text()
 
 
+def test_an_option_added_after_older_runs_counts_as_off_there(tmp_path: Path) -> None:
+    """A key an older run's config lacks equals None (the option's "off"), not a setting of its own."""
+    old = fake_run(tmp_path, "old", "equal", 1, dict.fromkeys(TASKS, 0.5))
+    new = fake_run(tmp_path, "new", "equal", 2, dict.fromkeys(TASKS, 0.6), extra={"trainer": {
+        "max_steps": 100, "progress": False, "ema_decay": None}})
+    on = fake_run(tmp_path, "on", "equal", 1, dict.fromkeys(TASKS, 0.7), extra={"trainer": {
+        "max_steps": 100, "progress": False, "ema_decay": 0.999}})
+    groups = group_runs([load_run(d) for d in (old, new, on)])
+    assert sorted((g.label, len(g.runs)) for g in groups) == [("trainer.ema_decay=0.999", 1),
+                                                              ("trainer.ema_decay=None", 2)]
+    rep = build_report([tmp_path], baseline="trainer.ema_decay=None")
+    assert {r["vs_baseline"] for r in rep["groups"]} == {"(baseline)", "trainer.ema_decay=0.999"}
+
+
 def test_write_report_files_and_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = write_report([sweep])  # default: into the first path
     for name in ("report.md", "report.json", "report.png"):

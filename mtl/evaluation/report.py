@@ -181,6 +181,15 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
+def _config_value(config: Mapping[str, Any], key: str) -> str:
+    """A run's value of ``key`` for grouping: a key the run's config lacks (an option added after the run)
+    counts as ``None``, an option's "off", except under a collection (``tasks.<name>.*``), where absence
+    means the member is not there."""
+    if key in config:
+        return _fmt_value(config[key])
+    return _ABSENT if key.split(".", 1)[0] in _COLLECTIONS else "None"
+
+
 def _short(value: str, limit: int = _LABEL_VALUE_CHARS) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
@@ -202,7 +211,7 @@ def group_runs(runs: Sequence[RunRecord], ignore: Sequence[str] = IGNORED_KEYS) 
     ``(+N keys)``. ``ConfigGroup.key`` (``config`` in report.json) keeps every label key in full.
     """
     keys = sorted({k for r in runs for k in r.config if not _ignored(k, ignore)})
-    identity = {id(r): tuple((k, _fmt_value(r.config.get(k, _ABSENT))) for k in keys) for r in runs}
+    identity = {id(r): tuple((k, _config_value(r.config, k)) for k in keys) for r in runs}
     groups: dict[tuple[tuple[str, str], ...], ConfigGroup] = {}
     for r in runs:
         groups.setdefault(identity[id(r)], ConfigGroup(key=identity[id(r)])).runs.append(r)
@@ -331,7 +340,7 @@ def find_baseline(groups: Sequence[ConfigGroup], spec: str) -> ConfigGroup:
     if not sep or not key.strip():
         raise ValueError(f"--baseline expects KEY=VALUE (e.g. loss.name=ce) or a run directory, got {spec!r}")
     key, value = key.strip(), value.strip()
-    hits = [g for g in groups if all(_fmt_value(r.config.get(key, _ABSENT)) == value for r in g.runs)]
+    hits = [g for g in groups if all(_config_value(r.config, key) == value for r in g.runs)]
     if len(hits) != 1:
         shown = "; ".join(g.label for g in hits) if hits else "none"
         raise ValueError(f"--baseline {spec}: {len(hits)} configurations match ({shown}); it must select exactly "
@@ -382,7 +391,7 @@ def single_task_baseline(runs: Sequence[RunRecord], ignore: Sequence[str]) -> di
     ref = {k: v for k, v in single[0].config.items() if not _ignored(k, patterns)}
     for r in single[1:]:
         cfg = {k: v for k, v in r.config.items() if not _ignored(k, patterns)}
-        diff = sorted(k for k in set(ref) | set(cfg) if _fmt_value(ref.get(k, _ABSENT)) != _fmt_value(cfg.get(k, _ABSENT)))
+        diff = sorted(k for k in set(ref) | set(cfg) if _config_value(ref, k) != _config_value(cfg, k))
         if diff:
             raise RunReadError(f"--baseline single_task: the single-task runs {single[0].path} and {r.path} differ in "
                                f"{', '.join(diff[:6])}: report such runs separately (they would be mixed)")
