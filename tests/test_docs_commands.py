@@ -314,6 +314,12 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
     imbalance = produced(r"loss=ce,class_balanced,focal,logit_adjusted", multirun=True)
     tricks = {name: produced(rf"hydra\.sweep\.dir=outputs/study/tricks/{name}\b", multirun=True)
               for name in ("base", "ema", "llrd", "rdrop", "fgm")}
+    structures = {name: produced(rf"hydra\.sweep\.dir=outputs/study/structures/{name}\b", multirun=True)
+                  for name in ("scalar_mix", "attention_pooling", "bilstm_heads", "lora", "private_top")}
+    protocol = {name: produced(rf"hydra\.sweep\.dir=outputs/study/protocol/{name}\b", multirun=True)
+                for name in ("quickstart_more", "mt_equal", "single", "mt_balanced")}
+    full = {name: produced(rf"hydra\.sweep\.dir=outputs/study/full/{name}\b", multirun=True)
+            for name in ("baseline", "best_recipe")}
     subs = {
         "outputs/<run>/checkpoints/best.pt": quick / "checkpoints" / "best.pt",
         "outputs/2026-11-21/15-29-19_quickstart": quick,
@@ -326,6 +332,16 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
         **{f"outputs/study/tricks/{name}": folder for name, folder in tricks.items()},
         "outputs/study/tricks/base/s42": tricks["base"] / "s42",
         "outputs/study/tricks": ws.work / "tricks_report",
+        **{f"outputs/study/structures/{name}": folder for name, folder in structures.items()},
+        "outputs/study/structures": ws.work / "structures_report",
+        **{f"outputs/study/protocol/{name}": folder for name, folder in protocol.items()},
+        "outputs/study/protocol/mt_equal/s42": protocol["mt_equal"] / "s42",
+        "outputs/study/protocol/spread": ws.work / "protocol_spread",
+        "outputs/study/protocol/balanced": ws.work / "protocol_balanced",
+        "outputs/study/protocol": ws.work / "protocol_report",
+        **{f"outputs/study/full/{name}": folder for name, folder in full.items()},
+        "outputs/study/full/baseline/s42": full["baseline"] / "s42",
+        "outputs/study/full": ws.work / "full_report",
         "sweep_a/": sweep,
         "sweep_b/": grid,
         "my_ocnli.tsv": ws.data / "tianchi" / "OCNLI_train1128.csv",
