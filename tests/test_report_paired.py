@@ -161,6 +161,20 @@ def test_multi_task_against_single_task_runs_by_hand(mt_st: Path) -> None:
     assert md["files"]["paired_plot"]
 
 
+def test_a_group_scored_with_tuned_biases_meets_the_single_task_runs_under_that_rule(mt_st: Path) -> None:
+    for seed in (1, 2, 3):  # the multi-task runs' own rule becomes tuned_biases: their headline compares that
+        path = mt_st / f"mt_{seed}" / "metrics.json"
+        m = json.loads(path.read_text())
+        m["decision"]["rule"] = "tuned_biases"
+        path.write_text(json.dumps(m))
+    p = next(r for r in build_report([mt_st], baseline="single_task")["groups"] if r.get("paired"))["paired"]
+    assert p["rule"] == "tuned_biases"
+    # average: (multi + 0.03) - (single + 0.01) = 0.03 + 0.02 each seed; x: 0.05 + 0.02; y: 0.01 + 0.02
+    assert p["average"]["mean"] == pytest.approx(0.05) and p["average"]["verdict"] == "better"
+    assert p["tasks"]["x"]["mean"] == pytest.approx(0.07) and p["tasks"]["y"]["mean"] == pytest.approx(0.03)
+    assert p["rules"]["argmax"]["mean"] == pytest.approx(0.03)
+
+
 def test_single_task_runs_that_differ_are_refused(mt_st: Path) -> None:
     task_run(mt_st, "st_x_9", {"x": 0.4}, 9, steps=120, lr=3e-4)
     with pytest.raises(RunReadError, match=r"differ in optim.lr"):

@@ -435,7 +435,8 @@ def _own_task_f1(r: RunRecord, task: str) -> Any:
 
 def paired_against_single_task(group: ConfigGroup, base: Mapping[str, Any]) -> dict[str, Any] | None:
     """A multi-task group against the single-task runs with the same seeds: per task and on the average of
-    the tasks (each decision rule on both sides alike). None for a group whose tasks are not all covered."""
+    the tasks (each decision rule on both sides alike; ``average`` and ``tasks`` under the group's own rule,
+    the one its score is reported with). None for a group whose tasks are not all covered."""
     tasks = list(dict.fromkeys(t for r in group.runs for t in r.tasks))
     if len(tasks) < 2 or not set(tasks) <= set(base["tasks"]):
         return None
@@ -457,9 +458,14 @@ def paired_against_single_task(group: ConfigGroup, base: Mapping[str, Any]) -> d
         base_avg = average({s: [single(t, rule)[s] for t in tasks] for s in complete})
         if any(v is not None for v in group_avg.values()) and any(v is not None for v in base_avg.values()):
             out["rules"][rule] = paired_difference(group_avg, base_avg)
-    out["average"] = out["rules"].get("argmax") or paired_difference({}, {})
+    own = {(r.metrics.get("decision") or {}).get("rule") or "argmax" for r in group.runs}
+    rule = own.pop() if len(own) == 1 else "argmax"
+    if rule not in out["rules"]:
+        rule = "argmax"
+    out["rule"] = rule
+    out["average"] = out["rules"].get(rule) or paired_difference({}, {})
     for t in tasks:
-        out["tasks"][t] = paired_difference(_by_seed(group.runs, lambda r, t=t: _task_f1(r, t)), single(t, "argmax"))
+        out["tasks"][t] = paired_difference(_by_seed(group.runs, lambda r, t=t: _task_f1(r, t, rule)), single(t, rule))
     return out
 
 
@@ -665,7 +671,8 @@ def to_markdown(report: Mapping[str, Any], plot: str | None = None) -> str:
         parts += [
             "", f"## Paired differences against `{report['baseline']}`", "",
             ("Per seed, each multi-task configuration's per-task macro-F1 minus that task's single-task run with the "
-             "same seed, and its average of the tasks minus the average of the single-task runs; "
+             "same seed, and its average of the tasks minus the average of the single-task runs, both sides under "
+             "the configuration's own decision rule; "
              if report.get("baseline") == SINGLE_TASK else
              "Per seed, this configuration's score minus the baseline's with the same seed; ")
             + "mean and 95 % Student-t interval over the shared seeds (paired t). *better*/*worse*: the interval "
