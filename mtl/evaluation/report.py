@@ -425,11 +425,15 @@ def _task_f1(r: RunRecord, task: str, rule: str = "argmax") -> Any:
     return d.get(rule)
 
 
+def _own_rule(r: RunRecord) -> str:
+    """The decision rule a run's ``avg_macro_f1`` is scored with (argmax for runs from before the rules)."""
+    return (r.metrics.get("decision") or {}).get("rule") or "argmax"
+
+
 def _own_task_f1(r: RunRecord, task: str) -> Any:
     """A task's macro-F1 under the run's own decision rule, the rule its ``avg_macro_f1`` is scored with
     (``metrics.json``'s ``tasks`` block holds the argmax scores whatever the rule)."""
-    rule = (r.metrics.get("decision") or {}).get("rule") or "argmax"
-    value = _task_f1(r, task, rule)
+    value = _task_f1(r, task, _own_rule(r))
     return _task_f1(r, task) if value is None else value
 
 
@@ -458,7 +462,7 @@ def paired_against_single_task(group: ConfigGroup, base: Mapping[str, Any]) -> d
         base_avg = average({s: [single(t, rule)[s] for t in tasks] for s in complete})
         if any(v is not None for v in group_avg.values()) and any(v is not None for v in base_avg.values()):
             out["rules"][rule] = paired_difference(group_avg, base_avg)
-    own = {(r.metrics.get("decision") or {}).get("rule") or "argmax" for r in group.runs}
+    own = {_own_rule(r) for r in group.runs}
     rule = own.pop() if len(own) == 1 else "argmax"
     if rule not in out["rules"]:
         rule = "argmax"
