@@ -3,12 +3,15 @@ unreadable ``last.pt`` falls back to it with a warning; every checkpoint error n
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtl.training import checkpoint as ckpt
+from mtl.utils import files
 from mtl.utils.files import CheckpointError
 from tests.toy_trainer import single_thread, toy_trainer
 
@@ -107,3 +110,54 @@ def test_checkpoint_errors_are_shown_as_one_line_by_mtl_train() -> None:
     from mtl.cli.train import user_errors
 
     assert CheckpointError in user_errors()
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``limit`` bytes are in: a disk that fills mid-save."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed by __exit__
+        self._left = limit
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._left -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "checkpoints"
+    ckpt.save_rotating({"step": 1, "w": torch.zeros(10)}, folder / "last.pt")
+    monkeypatch.setattr(files, "open", lambda path, mode: _FullDisk(Path(path), limit=4096), raising=False)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.save_rotating({"step": 2, "w": torch.zeros(100_000)}, folder / "last.pt")
+    message = str(err.value)
+    # torch alone says "unexpected pos ..."; the error says what happened, where, and what to do
+    assert "no space left on the device while writing" in message and "last.pt" in message
+    assert "MiB free" in message and "trainer.checkpoint_every=0" in message
+    assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert ckpt.load(folder / "last.pt")["step"] == 1  # the checkpoint before it is intact
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]  # no partial file left behind
+
+
+def test_other_save_errors_pass_through_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(obj, fh) -> None:
+        raise RuntimeError("cannot pickle this")
+
+    monkeypatch.setattr(files.torch, "save", refuse)
+    with pytest.raises(RuntimeError, match="^cannot pickle this$"):
+        files.atomic_save({"x": 1}, tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []

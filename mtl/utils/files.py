@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,9 @@ def _temp_beside(path: Path) -> Path:
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A run killed mid-write leaves the previous file intact (and at most a stray ``.tmp``).
+    A run killed mid-write leaves the previous file intact (and at most a stray ``.tmp``). A full disk
+    raises ``OSError(ENOSPC)`` naming the file and the space left (torch's own error for it is an opaque
+    "unexpected pos" from its zip writer).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,9 +40,34 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        full = _disk_full_error(exc)
+        if full is None:
+            raise
+        tmp.unlink(missing_ok=True)  # free what the partial file took before measuring
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(
+            full.errno,
+            f"no space left on the device while writing {path} ({free / 2**20:.0f} MiB free in {path.parent}): "
+            "free some space (old runs' checkpoints/last.pt are the big files) or write fewer checkpoints "
+            "(trainer.checkpoint_every=0 keeps only best.pt)",
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _disk_full_error(exc: BaseException) -> OSError | None:
+    """The ``ENOSPC``/``EDQUOT`` ``OSError`` behind ``exc``, if any: torch's zip writer reports a failed write
+    as a ``RuntimeError`` ("unexpected pos") raised while the ``OSError`` is being handled."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
