@@ -317,7 +317,8 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
     structures = {name: produced(rf"hydra\.sweep\.dir=outputs/study/structures/{name}\b", multirun=True)
                   for name in ("scalar_mix", "attention_pooling", "bilstm_heads", "lora", "private_top")}
     protocol = {name: produced(rf"hydra\.sweep\.dir=outputs/study/protocol/{name}\b", multirun=True)
-                for name in ("quickstart_more", "mt_equal", "single", "mt_balanced")}
+                for name in ("quickstart_more", "mt_equal", "single", "mt_balanced", "single_balanced", "all_equal",
+                             "all_uncertainty", "all_famo", "all_upgrad", "mt_ocnli2", "mt_balanced_private_top")}
     full = {name: produced(rf"hydra\.sweep\.dir=outputs/study/full/{name}\b", multirun=True)
             for name in ("baseline", "best_recipe")}
     subs = {
@@ -335,9 +336,10 @@ def path_substitutions(ws: Workspace) -> list[tuple[str, str]]:
         **{f"outputs/study/structures/{name}": folder for name, folder in structures.items()},
         "outputs/study/structures": ws.work / "structures_report",
         **{f"outputs/study/protocol/{name}": folder for name, folder in protocol.items()},
-        "outputs/study/protocol/mt_equal/s42": protocol["mt_equal"] / "s42",
-        "outputs/study/protocol/spread": ws.work / "protocol_spread",
-        "outputs/study/protocol/balanced": ws.work / "protocol_balanced",
+        **{f"outputs/study/protocol/{name}/s42": protocol[name] / "s42" for name in ("mt_equal", "all_equal", "mt_balanced")},
+        **{f"outputs/study/protocol/{name}": ws.work / f"protocol_{name}"
+           for name in ("spread", "balanced", "like_for_like", "table", "balancers_all_tasks", "combined",
+                         "combined_vs_single")},
         "outputs/study/protocol": ws.work / "protocol_report",
         **{f"outputs/study/full/{name}": folder for name, folder in full.items()},
         "outputs/study/full/baseline/s42": full["baseline"] / "s42",
