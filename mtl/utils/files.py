@@ -50,7 +50,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             full.errno,
             f"no space left on the device while writing {path} ({free / 2**20:.0f} MiB free in {path.parent}): "
             "free some space (old runs' checkpoints/last.pt are the big files) or write fewer checkpoints "
-            "(trainer.checkpoint_every=0 keeps only best.pt)",
+            "(checkpoint_every: mtl-train's trainer.checkpoint_every=0 keeps only best.pt)",
         ) from exc
     finally:
         tmp.unlink(missing_ok=True)
